@@ -1,0 +1,140 @@
+"""The dataset directory written by ``prepare`` and read by every later stage.
+
+Layout (see docs/architecture.md)::
+
+    DIR/interactions.parquet   user:int32, item:int32, timestamp:int64, [rating:float32]
+                               sorted by (user, timestamp, file order): rows of one user are that user's
+                               chronological sequence.
+    DIR/items.parquet          item:int32 (1..n_items), item_id:str (original), title:str, optional
+                               text/categories/brand/price/image columns
+    DIR/users.parquet          user:int32 (1..n_users), user_id:str (original)
+    DIR/manifest.json          format, source, filters, counts, sha256 of inputs and outputs
+
+Ids are contiguous from 1; 0 is padding everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ..errors import InputError
+
+__all__ = ["SequenceData", "DatasetDir", "load_dataset", "INTERACTIONS", "ITEMS", "USERS", "MANIFEST"]
+
+INTERACTIONS = "interactions.parquet"
+ITEMS = "items.parquet"
+USERS = "users.parquet"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class SequenceData:
+    """Chronological per-user item sequences in CSR form.
+
+    ``items[indptr[u]:indptr[u + 1]]`` is user ``u``'s sequence (users 1..n_users; ``indptr`` has
+    ``n_users + 2`` entries and user 0 is empty). Items are 1..n_items, 0 is padding.
+    """
+
+    indptr: np.ndarray  # int64 [n_users + 2]
+    items: np.ndarray  # int64 [n_interactions]
+    timestamps: np.ndarray  # int64 [n_interactions]
+    n_users: int
+    n_items: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Sequence length per user id (index 0 = padding user, length 0)."""
+        return np.diff(self.indptr)
+
+    def sequence(self, user: int) -> np.ndarray:
+        return self.items[self.indptr[user] : self.indptr[user + 1]]
+
+    @classmethod
+    def from_arrays(cls, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None = None,
+                    n_users: int | None = None, n_items: int | None = None) -> SequenceData:
+        """Build from interaction arrays already sorted by (user, time)."""
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        if users.size and np.any(np.diff(users) < 0):
+            raise ValueError("interactions must be sorted by user")
+        n_users = int(users.max(initial=0)) if n_users is None else n_users
+        n_items = int(items.max(initial=0)) if n_items is None else n_items
+        counts = np.bincount(users, minlength=n_users + 2)[: n_users + 2]
+        indptr = np.zeros(n_users + 2, dtype=np.int64)
+        indptr[1:] = np.cumsum(counts)[:-1]
+        ts = np.arange(items.size, dtype=np.int64) if timestamps is None else np.asarray(timestamps, np.int64)
+        return cls(indptr=indptr, items=items, timestamps=ts, n_users=n_users, n_items=n_items)
+
+    @classmethod
+    def from_lists(cls, seqs: list[list[int]], n_items: int | None = None) -> SequenceData:
+        """Convenience for tests: ``seqs[0]`` is user 1's sequence, and so on."""
+        users = np.concatenate([np.full(len(s), u + 1) for u, s in enumerate(seqs)]) if seqs else np.zeros(0)
+        items = np.concatenate([np.asarray(s) for s in seqs]) if seqs else np.zeros(0)
+        return cls.from_arrays(users, items, n_users=len(seqs), n_items=n_items)
+
+
+class DatasetDir:
+    """A prepared dataset directory. Cheap to construct; tables are read lazily."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        for name in (INTERACTIONS, ITEMS, MANIFEST):
+            if not (self.path / name).exists():
+                raise InputError(
+                    f"not a prepared dataset directory (missing {name}); run `mmseqrec prepare` first",
+                    file=self.path,
+                )
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / MANIFEST).read_text())
+
+    @cached_property
+    def interactions(self) -> pl.DataFrame:
+        return pl.read_parquet(self.path / INTERACTIONS)
+
+    @cached_property
+    def items(self) -> pl.DataFrame:
+        return pl.read_parquet(self.path / ITEMS)
+
+    @cached_property
+    def users(self) -> pl.DataFrame | None:
+        p = self.path / USERS
+        return pl.read_parquet(p) if p.exists() else None
+
+    @property
+    def n_users(self) -> int:
+        return int(self.manifest["n_users"])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.manifest["n_items"])
+
+    @cached_property
+    def sequences(self) -> SequenceData:
+        df = self.interactions
+        return SequenceData.from_arrays(
+            df["user"].to_numpy(), df["item"].to_numpy(), df["timestamp"].to_numpy(),
+            n_users=self.n_users, n_items=self.n_items,
+        )
+
+    def item_index(self) -> dict[str, int]:
+        """Original item id -> internal id."""
+        it = self.items
+        return dict(zip(it["item_id"].cast(pl.Utf8).to_list(), it["item"].to_list(), strict=True))
+
+    def item_ids(self) -> np.ndarray:
+        """Internal id -> original id (index 0 = padding, empty string)."""
+        it = self.items.sort("item")
+        return np.asarray([""] + it["item_id"].cast(pl.Utf8).to_list(), dtype=object)
+
+
+def load_dataset(path: str | Path) -> DatasetDir:
+    return DatasetDir(path)

@@ -1,0 +1,1 @@
+"""mmseqrec.embed"""
