@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InputError
 
-__all__ = ["Config", "apply_overrides", "load_config", "dump_config", "validate_config"]
+__all__ = ["Config", "deep_merge", "apply_overrides", "load_config", "dump_config", "validate_config"]
 
 C = TypeVar("C", bound="Config")
 
@@ -77,16 +77,16 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
             raise InputError(f"invalid YAML: {exc}", file=path, line=None if line is None else line + 1) from None
         if not isinstance(loaded, dict):
             raise InputError("top level must be a mapping", file=path)
-        data = _deep_merge(data, loaded)
+        data = deep_merge(data, loaded)
     apply_overrides(data, overrides)
     return validate_config(cls, data, source=source)
 
 
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out

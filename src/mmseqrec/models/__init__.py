@@ -1,1 +1,31 @@
-"""mmseqrec.models"""
+"""Model layer (pure torch, no I/O): item encoders, backbones, objectives and the sequence model."""
+
+from .base import Backbone, ItemEncoder
+from .bert4rec import BERT4Rec, BERT4RecConfig, cloze
+from .gru4rec import GRU4Rec, GRU4RecConfig
+from .item_encoders import ContentEmbedding, ContentEmbeddingConfig, IdEmbedding, IdEmbeddingConfig
+from .losses import ObjectiveConfig, gbce_beta, next_item_loss
+from .sasrec import SASRec, SASRecConfig, TransformerBackbone
+from .sequence import Batch, SequenceModel
+
+__all__ = [
+    "BERT4Rec",
+    "BERT4RecConfig",
+    "Backbone",
+    "Batch",
+    "ContentEmbedding",
+    "ContentEmbeddingConfig",
+    "GRU4Rec",
+    "GRU4RecConfig",
+    "IdEmbedding",
+    "IdEmbeddingConfig",
+    "ItemEncoder",
+    "ObjectiveConfig",
+    "SASRec",
+    "SASRecConfig",
+    "SequenceModel",
+    "TransformerBackbone",
+    "cloze",
+    "gbce_beta",
+    "next_item_loss",
+]

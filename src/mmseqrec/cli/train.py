@@ -1,0 +1,161 @@
+"""``mmseqrec train``, ``mmseqrec evaluate`` and ``mmseqrec recommend``: thin wiring over ``mmseqrec.train``
+and ``mmseqrec.serve.recommend``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ..config import apply_overrides, validate_config
+from ..errors import InputError
+
+__all__ = ["build_experiment", "register"]
+
+console = Console()
+
+
+def build_experiment(config: Path | None = None, data: Path | None = None, model: str | None = None,
+                     protocol: str | None = None, seed: int | None = None, sets: list[str] | None = None,
+                     base: dict[str, Any] | None = None):
+    """Experiment config from (``base``), a YAML file, the command-line flags and ``--set`` overrides, in
+    that order. A ``--model`` other than the file's resets the model section to that model's defaults."""
+    from ..train.config import ExperimentConfig
+
+    raw: dict[str, Any] = json.loads(json.dumps(base or {}))
+    source = "config"
+    if config is not None:
+        source = str(config)
+        if not config.exists():
+            raise InputError("config file not found", file=config)
+        try:
+            loaded = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise InputError(f"invalid YAML: {exc}", file=config,
+                             line=None if mark is None else mark.line + 1) from None
+        if not isinstance(loaded, dict):
+            raise InputError("top level must be a mapping", file=config)
+        raw.update(loaded)
+    if data is not None:
+        raw.setdefault("data", {})["path"] = str(data)
+    if model is not None:
+        section = raw.get("model") or {}
+        raw["model"] = {**section, "name": model} if section.get("name", model) == model else {"name": model}
+    if protocol is not None:
+        raw.setdefault("eval", {})["protocol"] = protocol
+    if seed is not None:
+        raw["seed"] = seed
+    apply_overrides(raw, sets)
+    cfg = validate_config(ExperimentConfig, raw, source=source)
+    from ..evaluate import Protocol
+
+    Protocol.parse(cfg.eval.protocol)  # fail early on a bad protocol string
+    return cfg
+
+
+def _slug(protocol: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", protocol).strip("-")  # same rule as experiment.runner
+
+
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train``, ``evaluate`` and ``recommend`` commands to ``app``."""
+
+    @app.command("train")
+    def train_cmd(
+        out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+        data: Annotated[Path | None, typer.Option("--data", "-d", help="Prepared dataset directory.")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", help="sasrec | bert4rec | gru4rec")] = None,
+        protocol: Annotated[str | None, typer.Option(help="full | sampled:N | candidates:N ...")] = None,
+        config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML.")] = None,
+        set_: Annotated[list[str] | None, typer.Option("--set", help="Override key.sub=value.")] = None,
+        seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+        resume: Annotated[bool, typer.Option(help="Continue RUN from its last checkpoint.")] = False,
+        overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
+    ) -> None:
+        """Train a sequence model; writes RUN/metrics.json, config.yaml, model.safetensors, log.jsonl."""
+        from ..train.trainer import Trainer
+
+        base = None
+        if resume and config is None and (out / "config.yaml").exists():
+            base = yaml.safe_load((out / "config.yaml").read_text())
+        cfg = build_experiment(config, data, model, protocol, seed, set_, base=base)
+        metrics = Trainer(cfg, out, resume=resume, overwrite=overwrite).fit()
+        console.print(_metrics_table(f"test ({metrics['protocol']}, best epoch {metrics['best_epoch']})",
+                                     metrics["test"]))
+        console.print(f"wrote {out / 'metrics.json'}")
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        run: Annotated[Path, typer.Argument(help="Run directory written by `mmseqrec train`.")],
+        protocol: Annotated[str | None, typer.Option(help="Protocol (default: the run's).")] = None,
+        split: Annotated[str, typer.Option(help="test | valid")] = "test",
+        exclude_history: Annotated[bool | None, typer.Option(
+            "--exclude-history/--include-history", help="Default: the run's setting.")] = None,
+        data: Annotated[Path | None, typer.Option(help="Dataset directory (default: the run's).")] = None,
+        device: Annotated[str | None, typer.Option(help="cpu | cuda (default: the run's).")] = None,
+    ) -> None:
+        """Re-score a trained run (best checkpoint); writes RUN/eval-<protocol>.json and ranks-<protocol>.parquet."""
+        from ..data.split import leave_one_out
+        from ..evaluate import Protocol
+        from ..fileio import atomic_write_json
+        from ..train.run import item_popularity, load_run
+        from ..train.trainer import evaluate_model
+
+        if split not in ("test", "valid"):
+            raise InputError(f"unknown split {split!r}; choose test or valid", field="--split")
+        loaded = load_run(run, device=device, data_dir=data)
+        cfg = loaded.config
+        proto = str(Protocol.parse(protocol or cfg.eval.protocol))
+        sp = leave_one_out(loaded.dataset.sequences, cfg.data.min_len)
+        res = evaluate_model(loaded.model, sp.test if split == "test" else sp.valid, sp, cfg, loaded.device,
+                             protocol=proto, exclude_history=exclude_history,
+                             popularity=item_popularity(sp.seqs, sp.train_end))
+        excl = cfg.eval.exclude_history if exclude_history is None else exclude_history
+        name = f"eval-{_slug(proto)}" + ("" if split == "test" else "-valid")
+        res.save_ranks(run / f"ranks-{_slug(proto)}{'' if split == 'test' else '-valid'}.parquet")
+        atomic_write_json(run / f"{name}.json", {"protocol": str(res.protocol), "split": split,
+                                                 "exclude_history": excl, "metrics": res.metrics})
+        console.print(_metrics_table(f"{split} ({res.protocol})", res.metrics))
+        console.print(f"wrote {run / (name + '.json')}")
+
+    @app.command("recommend")
+    def recommend_cmd(
+        run: Annotated[Path, typer.Argument(help="Run directory written by `mmseqrec train`.")],
+        history: Annotated[str, typer.Option(help="Original item ids, oldest first, comma-separated.")] = "",
+        k: Annotated[int, typer.Option("-k", "--k", help="Number of items.")] = 10,
+        include_seen: Annotated[bool, typer.Option(help="Allow items of the history.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ) -> None:
+        """Print the top-K items with scores for a history of original item ids."""
+        from ..serve.recommend import recommend
+
+        items = [h.strip() for h in history.split(",") if h.strip()]
+        res = recommend(run, items, k=k, exclude_seen=not include_seen)
+        if as_json:
+            typer.echo(json.dumps({"items": [{"item_id": i, "title": t, "score": s} for i, t, s in res.items],
+                                   "unknown": res.unknown}))
+            return
+        if res.unknown:
+            console.print(f"[yellow]unknown item ids (ignored):[/] {', '.join(res.unknown)}", highlight=False)
+        table = Table(title=f"top {len(res.items)}")
+        for col, just in (("#", "right"), ("item", "left"), ("title", "left"), ("score", "right")):
+            table.add_column(col, justify=just)  # type: ignore[arg-type]
+        for rank, (item, title, score) in enumerate(res.items, 1):
+            table.add_row(str(rank), item, title, f"{score:.4f}")
+        console.print(table)

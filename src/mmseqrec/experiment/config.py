@@ -1,0 +1,94 @@
+"""The experiment grid: datasets x variants (item encoders / options) x backbones x seeds, under named protocols.
+
+Example (``configs/experiments/*.yaml``)::
+
+    name: synthetic-dmesr
+    datasets: {synthetic: demo-out/synthetic}
+    backbones: [sasrec, bert4rec, gru4rec]
+    seeds: [42, 43, 44]
+    protocols: [full, sampled:100]      # the first one is used for model selection (on validation)
+    metrics: [HR@10, NDCG@10]
+    baseline: ID-only
+    base:                               # shared ExperimentConfig fields
+      train: {epochs: 50, batch_size: 128}
+    variants:
+      ID-only: {item_encoder: {name: id}}
+      DMESR: {item_encoder: {name: dmesr}}
+    backbone_overrides:                 # optional per-backbone settings
+      bert4rec: {objective: {name: ce}}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from ..config import Config, load_config
+
+__all__ = ["GridConfig", "load_grid"]
+
+
+class GridConfig(Config):
+    """Attributes
+    ----------
+    name : experiment name (used in the report title).
+    datasets : name -> prepared dataset directory (relative paths are resolved against the YAML's folder
+        first, then the working directory).
+    backbones : model names from ``mmseqrec.registry.MODELS``.
+    variants : name -> partial ExperimentConfig merged over ``base`` (typically an ``item_encoder`` section).
+    baseline : the variant every other variant is tested against (paired test on per-user ranks).
+    seeds : one run per seed; reports give mean +- std.
+    protocols : evaluation protocols; the first is used to select the checkpoint on validation, the others
+        re-score the same checkpoint.
+    metrics : columns of the report (each ``HR@K`` / ``NDCG@K`` / ``MRR@K``; K must be in ``base.eval.ks``).
+    base : ExperimentConfig fields shared by every run.
+    backbone_overrides : backbone name -> partial ExperimentConfig merged after ``base``.
+    variant_backbones : restrict a variant to some backbones (default: all).
+    """
+
+    name: str = "experiment"
+    datasets: dict[str, str]
+    backbones: list[str] = Field(default_factory=lambda: ["sasrec"])
+    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"ID-only": {"item_encoder": {"name": "id"}}})
+    baseline: str | None = None
+    seeds: list[int] = Field(default_factory=lambda: [42])
+    protocols: list[str] = Field(default_factory=lambda: ["full"])
+    metrics: list[str] = Field(default_factory=lambda: ["HR@10", "NDCG@10"])
+    base: dict[str, Any] = Field(default_factory=dict)
+    backbone_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    variant_backbones: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("protocols")
+    @classmethod
+    def _protocols(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one protocol is needed")
+        from ..evaluate import Protocol
+
+        return [str(Protocol.parse(p)) for p in v]
+
+    @model_validator(mode="after")
+    def _check(self) -> GridConfig:
+        if self.baseline is None:
+            self.baseline = next(iter(self.variants))
+        if self.baseline not in self.variants:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the variants {list(self.variants)}")
+        for v in self.variant_backbones:
+            if v not in self.variants:
+                raise ValueError(f"variant_backbones names unknown variant {v!r}")
+        return self
+
+
+def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
+    grid = load_config(GridConfig, path, overrides)
+    root = Path(path).resolve().parent
+    resolved = {}
+    for name, p in grid.datasets.items():
+        cand = Path(p)
+        if not cand.is_absolute() and not cand.exists() and (root / cand).exists():
+            cand = root / cand
+        resolved[name] = str(cand)
+    grid.datasets = resolved
+    return grid

@@ -1,0 +1,50 @@
+"""GRU4Rec backbone (Hidasi et al., 2016) as in LLM-ESR: ``nn.GRU(d, d, n_layers, bias=False)``.
+
+Without biases a zero input keeps a zero state, so left padding leaves the state at exactly zero until the
+first real item; no packing is needed. No positional embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from ..config import Config
+from .base import Backbone, xavier_init_
+
+__all__ = ["GRU4Rec", "GRU4RecConfig"]
+
+
+class GRU4RecConfig(Config):
+    """GRU4Rec options (the width comes from the item encoder).
+
+    Attributes
+    ----------
+    n_layers : GRU layers.
+    dropout : dropout on the input vectors and the output states.
+    max_len : longest input sequence (inputs are truncated to it by the trainer).
+    bias : GRU biases (off as in LLM-ESR, which keeps padding states at zero).
+    """
+
+    name: Literal["gru4rec"] = "gru4rec"
+    n_layers: int = 1
+    dropout: float = 0.2
+    max_len: int = 200
+    bias: bool = False
+
+
+class GRU4Rec(Backbone):
+    """GRU over left-padded item vectors; causal by construction."""
+
+    def __init__(self, cfg: GRU4RecConfig, dim: int) -> None:
+        super().__init__()
+        self.dim, self.causal, self.max_len = int(dim), True, int(cfg.max_len)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.gru = nn.GRU(self.dim, self.dim, cfg.n_layers, bias=cfg.bias, batch_first=True)
+        xavier_init_(self)  # LLM-ESR's init
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        keep = mask.unsqueeze(-1).to(x.dtype)
+        out, _ = self.gru(self.drop(x) * keep)
+        return self.drop(out) * keep

@@ -1,0 +1,144 @@
+"""SASRec: a stack of self-attention blocks over left-padded item sequences (Kang & McAuley, 2018).
+
+The causal mask is on by default (position ``t`` sees positions ``<= t``). ``causal: false`` is LLM-ESR's
+variant, where the mask is computed but commented out, so training positions see future items (the LLM-ESR
+author keeps it on purpose; see docs). Attention uses ``F.scaled_dot_product_attention`` with a boolean
+key-padding (+ causal) mask; every query may always attend to itself, so rows of padding positions are never
+fully masked (no NaNs) while real positions are unaffected.
+
+Positions are learned and counted from the end: the most recent item always gets position ``max_len - 1``,
+so a batch trimmed to its longest sequence encodes exactly like the full-width one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import Config
+from .base import Backbone, xavier_init_
+
+__all__ = ["SASRec", "SASRecConfig", "TransformerBackbone", "attention_mask"]
+
+
+class SASRecConfig(Config):
+    """SASRec options (the width comes from the item encoder).
+
+    Attributes
+    ----------
+    n_layers, n_heads : transformer depth and heads.
+    dropout : embedding, attention and residual dropout.
+    max_len : longest input sequence (positions table size).
+    causal : causal mask (default on; ``false`` = LLM-ESR's no-mask variant).
+    pre_ln : pre-LayerNorm blocks (+ final norm); ``false`` = post-LN (original Transformer).
+    ffn_mult : feed-forward width as a multiple of the model width (SASRec: 1).
+    activation : feed-forward activation.
+    """
+
+    name: Literal["sasrec"] = "sasrec"
+    n_layers: int = 2
+    n_heads: int = 1
+    dropout: float = 0.2
+    max_len: int = 200
+    causal: bool = True
+    pre_ln: bool = True
+    ffn_mult: int = 1
+    activation: Literal["relu", "gelu"] = "relu"
+
+
+def attention_mask(mask: Tensor, causal: bool) -> Tensor:
+    """Boolean ``[B, 1, L, L]`` mask (True = may attend) from a ``[B, L]`` padding mask.
+
+    Keys at padding positions are masked; with ``causal`` future keys too. The diagonal is always allowed so
+    that no row is fully masked (padding rows would otherwise give NaN in softmax).
+    """
+    b, n = mask.shape
+    allowed = mask[:, None, None, :].expand(b, 1, n, n)
+    eye = torch.eye(n, dtype=torch.bool, device=mask.device)
+    if causal:
+        allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+    return allowed | eye
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, n_heads: int, dropout: float, pre_ln: bool, ffn_mult: int,
+                 activation: str) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"width {dim} is not divisible by n_heads={n_heads}")
+        self.n_heads, self.dropout, self.pre_ln = n_heads, dropout, pre_ln
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff1 = nn.Linear(dim, dim * ffn_mult)
+        self.ff2 = nn.Linear(dim * ffn_mult, dim)
+        self.act = nn.ReLU() if activation == "relu" else nn.GELU()
+
+    def _attn(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        h = F.dropout(self.act(self.ff1(x)), self.dropout, self.training)
+        return self.ff2(h)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        drop = self.dropout if self.training else 0.0
+        if self.pre_ln:
+            x = x + F.dropout(self._attn(self.norm1(x), attn_mask), drop, self.training)
+            return x + F.dropout(self._ffn(self.norm2(x)), drop, self.training)
+        x = self.norm1(x + F.dropout(self._attn(x, attn_mask), drop, self.training))
+        return self.norm2(x + F.dropout(self._ffn(x), drop, self.training))
+
+
+class TransformerBackbone(Backbone):
+    """Shared transformer encoder of SASRec (causal by default) and BERT4Rec (bidirectional).
+
+    Parameters
+    ----------
+    dim : model width (= item encoder width).
+    n_layers, n_heads, dropout, max_len, causal, pre_ln, ffn_mult, activation : see :class:`SASRecConfig`.
+    """
+
+    def __init__(self, dim: int, n_layers: int = 2, n_heads: int = 1, dropout: float = 0.2, max_len: int = 200,
+                 causal: bool = True, pre_ln: bool = True, ffn_mult: int = 1, activation: str = "relu") -> None:
+        super().__init__()
+        self.dim, self.causal, self.max_len, self.pre_ln = int(dim), bool(causal), int(max_len), bool(pre_ln)
+        self.positions = nn.Embedding(self.max_len, self.dim)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            _Block(self.dim, n_heads, dropout, pre_ln, ffn_mult, activation) for _ in range(n_layers)
+        )
+        self.final_norm = nn.LayerNorm(self.dim) if pre_ln else nn.Identity()
+        self.emb_norm = nn.Identity() if pre_ln else nn.LayerNorm(self.dim)
+        xavier_init_(self)  # LLM-ESR's init (positions included; biases and norms keep their defaults)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``x [B, L, d]`` item vectors, ``mask [B, L]`` True at real items -> states ``[B, L, d]``."""
+        n = x.shape[1]
+        if n > self.max_len:
+            raise ValueError(f"sequence length {n} exceeds max_len={self.max_len}")
+        pos = torch.arange(self.max_len - n, self.max_len, device=x.device)
+        keep = mask.unsqueeze(-1).to(x.dtype)
+        h = self.emb_norm(x * math.sqrt(self.dim) + self.positions(pos))
+        h = self.dropout(h) * keep
+        am = attention_mask(mask, self.causal)
+        for blk in self.blocks:
+            h = blk(h, am) * keep
+        return self.final_norm(h) * keep
+
+
+class SASRec(TransformerBackbone):
+    """SASRec backbone built from a :class:`SASRecConfig`."""
+
+    def __init__(self, cfg: SASRecConfig, dim: int) -> None:
+        super().__init__(dim, cfg.n_layers, cfg.n_heads, cfg.dropout, cfg.max_len, cfg.causal, cfg.pre_ln,
+                         cfg.ffn_mult, cfg.activation)

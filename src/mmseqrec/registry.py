@@ -1,0 +1,106 @@
+"""One explicit table of models and item encoders: name -> config class + constructor. No auto-discovery.
+
+* ``MODELS[name] = ModelSpec(config_cls, build_fn, extra_tokens)``: ``build_fn(cfg, dim) -> Backbone``;
+  ``extra_tokens`` is the number of extra item rows the backbone needs (BERT4Rec's mask token: 1).
+* ``ITEM_ENCODERS[name] = ItemEncoderSpec(config_cls, build_fn)``:
+  ``build_fn(cfg, *, n_items, extra_tokens, tensors) -> ItemEncoder``. The config class exposes
+  ``embeddings() -> list[str]`` naming the embedding stores it needs; ``tensors`` maps each of those names to
+  its matrix (loaded by the train package from ``DIR/embed/NAME.safetensors``).
+
+* ``REGULARIZERS[name] = RegularizerSpec(config_cls, build_fn)``: extra training losses such as LLM-ESR's
+  self-distillation over similar users; ``build_fn(cfg, *, tensors, windows, n_users, n_items) -> nn.Module``
+  where ``windows`` is the ``[n_users + 1, max_len + 1]`` left-padded matrix of training items (on the training
+  device) and the module's ``forward(model, batch, user_states) -> {name: weighted loss}``. Listed in the
+  experiment config as ``regularizers: [{name: ..., ...}]``.
+
+Every config class has a ``name`` field (its registry key) and ``embeddings() -> list[str]`` where it needs
+embedding stores. Add an entry here to make a new model available to ``mmseqrec train``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import InputError
+from .models.base import Backbone, ItemEncoder
+from .models.bert4rec import BERT4Rec, BERT4RecConfig
+from .models.gru4rec import GRU4Rec, GRU4RecConfig
+from .models.item_encoders import ContentEmbedding, ContentEmbeddingConfig, IdEmbedding, IdEmbeddingConfig
+from .models.sasrec import SASRec, SASRecConfig
+
+__all__ = ["ITEM_ENCODERS", "MODELS", "ItemEncoderSpec", "ModelSpec", "item_encoder_spec", "model_spec"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    config_cls: type
+    build: Callable[[Any, int], Backbone]
+    extra_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ItemEncoderSpec:
+    config_cls: type
+    build: Callable[..., ItemEncoder]
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    config_cls: type
+    build: Callable[..., torch.nn.Module]
+
+
+def _build_id(cfg: IdEmbeddingConfig, *, n_items: int, extra_tokens: int,
+              tensors: dict[str, torch.Tensor]) -> IdEmbedding:
+    init = tensors[cfg.init].float() if cfg.init else None
+    return IdEmbedding(n_items, cfg.dim, extra_tokens, init=init, freeze=cfg.freeze)
+
+
+def _build_content(cfg: ContentEmbeddingConfig, *, n_items: int, extra_tokens: int,
+                   tensors: dict[str, torch.Tensor]) -> ContentEmbedding:
+    feats = tensors[cfg.embedding]
+    if feats.shape[0] != n_items + 1:
+        raise InputError(f"embedding {cfg.embedding!r} has {feats.shape[0]} rows, the dataset needs "
+                         f"{n_items + 1} (n_items + 1)", field="item_encoder.embedding")
+    return ContentEmbedding(feats.float(), cfg.dim, cfg.hidden, extra_tokens, cfg.activation, cfg.dropout)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "sasrec": ModelSpec(SASRecConfig, SASRec),
+    "bert4rec": ModelSpec(BERT4RecConfig, BERT4Rec, extra_tokens=1),
+    "gru4rec": ModelSpec(GRU4RecConfig, GRU4Rec),
+}
+
+ITEM_ENCODERS: dict[str, ItemEncoderSpec] = {
+    "id": ItemEncoderSpec(IdEmbeddingConfig, _build_id),
+    "content": ItemEncoderSpec(ContentEmbeddingConfig, _build_content),
+}
+
+REGULARIZERS: dict[str, RegularizerSpec] = {}
+
+
+def _lookup(table: dict[str, Any], name: str, what: str, field: str) -> Any:
+    try:
+        return table[name]
+    except KeyError:
+        raise InputError(f"unknown {what} {name!r}; choose one of: {', '.join(sorted(table))}",
+                         field=field) from None
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` named ``name`` (``InputError`` listing the names otherwise)."""
+    return _lookup(MODELS, name, "model", "model.name")
+
+
+def item_encoder_spec(name: str) -> ItemEncoderSpec:
+    """The :class:`ItemEncoderSpec` named ``name`` (``InputError`` listing the names otherwise)."""
+    return _lookup(ITEM_ENCODERS, name, "item encoder", "item_encoder.name")
+
+
+def regularizer_spec(name: str) -> RegularizerSpec:
+    """The :class:`RegularizerSpec` named ``name`` (``InputError`` listing the names otherwise)."""
+    return _lookup(REGULARIZERS, name, "regularizer", "regularizers.name")

@@ -1,0 +1,145 @@
+"""The experiment config: data, model (backbone), item encoder, objective, training, evaluation, seed.
+
+YAML in (``--config FILE.yaml`` + ``--set a.b=c``), fully resolved YAML out (``RUN/config.yaml``). The
+``model`` and ``item_encoder`` sections are validated into the config class that ``mmseqrec.registry``
+lists for their ``name``, so a typo in an option is an error naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
+
+from ..config import Config, load_config
+from ..models.losses import ObjectiveConfig
+from ..registry import item_encoder_spec, model_spec, regularizer_spec
+
+__all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "TrainConfig", "load_experiment"]
+
+
+class DataConfig(Config):
+    """Attributes
+    ----------
+    path : prepared dataset directory.
+    min_len : users with fewer interactions are train-only (never evaluated), see ``data.split``.
+    """
+
+    path: str | None = None
+    min_len: int = 3
+
+
+class TrainConfig(Config):
+    """Training options.
+
+    Attributes
+    ----------
+    epochs : maximum epochs (one epoch = one window per training user).
+    batch_size, lr, weight_decay : AdamW settings.
+    max_len : longest input (default: the backbone's ``max_len``; both must agree).
+    grad_clip : max gradient norm (0 = off).
+    patience : evaluations without improvement of ``select_metric`` on *valid* before stopping (0 = off).
+    eval_every : evaluate on valid every N epochs.
+    select_metric : validation metric used for early stopping and the best checkpoint.
+    device : ``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1`` ...
+    bf16 : bf16 autocast (CUDA only; ignored on CPU).
+    num_threads : torch CPU threads (``None`` = torch default).
+    trim : cut each batch to its longest sequence (saves work on short-sequence data).
+    compile : wrap the loss in ``torch.compile`` (GPU).
+    progress : show rich progress bars.
+    """
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_len: int | None = None
+    grad_clip: float = 5.0
+    patience: int = 20
+    eval_every: int = 1
+    select_metric: str = "NDCG@10"
+    device: str = "auto"
+    bf16: bool = True
+    num_threads: int | None = None
+    trim: bool = True
+    compile: bool = False
+    progress: bool = True
+
+
+class EvalConfig(Config):
+    """Attributes
+    ----------
+    protocol : ``full`` | ``sampled:N[...]`` | ``candidates:N`` (see ``mmseqrec.evaluate``).
+    ks : cut-offs of HR/NDCG/MRR.
+    exclude_history : remove the user's history items from the ranking (recorded in metrics.json).
+    batch_size : users per scoring batch.
+    """
+
+    protocol: str = "full"
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    exclude_history: bool = False
+    batch_size: int = 512
+
+
+class ExperimentConfig(Config):
+    """One training run, fully resolved."""
+
+    data: DataConfig = DataConfig()
+    model: SerializeAsAny[Config] = Field(default=None, validate_default=True)  # default: sasrec
+    item_encoder: SerializeAsAny[Config] = Field(default=None, validate_default=True)  # default: id
+    objective: ObjectiveConfig = ObjectiveConfig()
+    regularizers: list[SerializeAsAny[Config]] = Field(default_factory=list)
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    seed: int = 42
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, v: Any) -> Any:
+        if v is None:
+            v = {}
+        if isinstance(v, dict):
+            return model_spec(str(v.get("name", "sasrec"))).config_cls.model_validate(v)
+        return v
+
+    @field_validator("item_encoder", mode="before")
+    @classmethod
+    def _encoder(cls, v: Any) -> Any:
+        if v is None:
+            v = {}
+        if isinstance(v, dict):
+            return item_encoder_spec(str(v.get("name", "id"))).config_cls.model_validate(v)
+        return v
+
+    @field_validator("regularizers", mode="before")
+    @classmethod
+    def _regularizers(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise ValueError("regularizers must be a list of {name: ..., ...} sections")  # noqa: TRY004 (pydantic)
+        return [regularizer_spec(str(r.get("name"))).config_cls.model_validate(r) if isinstance(r, dict) else r
+                for r in v]
+
+    @model_validator(mode="after")
+    def _resolve(self) -> ExperimentConfig:
+        backbone_len = getattr(self.model, "max_len", None)
+        if self.train.max_len is None:
+            if backbone_len is not None:
+                self.train.max_len = backbone_len
+            else:
+                self.train.max_len = 200
+        elif backbone_len is not None and backbone_len != self.train.max_len:
+            if "max_len" in self.model.model_fields_set:
+                raise ValueError(f"train.max_len={self.train.max_len} differs from model.max_len={backbone_len}")
+            self.model.max_len = self.train.max_len
+        return self
+
+
+def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None,
+                    base: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML (optional), apply ``key=value`` overrides and validate."""
+    return load_config(ExperimentConfig, path, overrides, base)
+
+

@@ -1,0 +1,113 @@
+"""Building models from experiment configs and loading trained run directories.
+
+Run directory files (see docs/architecture.md): ``config.yaml`` (fully resolved), ``model.safetensors``
+(best checkpoint), ``last.safetensors`` + ``optim.safetensors`` + ``state.json`` (resume), ``log.jsonl``
+(per epoch), ``metrics.json``, ``ranks.parquet``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.dataset import DatasetDir
+from ..embed.store import load_embedding
+from ..errors import InputError
+from ..models.sequence import SequenceModel
+from ..registry import item_encoder_spec, model_spec
+from .checkpoint import load_model
+from .config import ExperimentConfig, load_experiment
+
+__all__ = [
+    "BEST",
+    "CONFIG",
+    "LAST",
+    "LOG",
+    "METRICS",
+    "OPTIM",
+    "RANKS",
+    "STATE",
+    "LoadedRun",
+    "build_model",
+    "item_popularity",
+    "load_run",
+    "load_tensors",
+    "resolve_device",
+]
+
+CONFIG, BEST, LAST, OPTIM = "config.yaml", "model.safetensors", "last.safetensors", "optim.safetensors"
+STATE, LOG, METRICS, RANKS = "state.json", "log.jsonl", "metrics.json", "ranks.parquet"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA requested but not available", field="train.device")
+    return dev
+
+
+def load_tensors(cfg: ExperimentConfig, data_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Embedding matrices named by ``cfg.item_encoder.embeddings()``, read from ``DIR/embed``."""
+    names = list(getattr(cfg.item_encoder, "embeddings", list)())
+    if not names:
+        return {}
+    data_dir = data_dir or cfg.data.path
+    if data_dir is None:
+        raise InputError("this item encoder needs embedding stores but no data directory is set",
+                         field="data.path")
+    return {n: torch.from_numpy(np.asarray(load_embedding(data_dir, n).matrix, dtype=np.float32))
+            for n in names}
+
+
+def build_model(cfg: ExperimentConfig, n_items: int, tensors: dict[str, torch.Tensor] | None = None,
+                regularizers: list[torch.nn.Module] | None = None) -> SequenceModel:
+    """Item encoder + backbone + objective for ``cfg`` (weights initialised from the current torch RNG)."""
+    mspec = model_spec(cfg.model.name)
+    espec = item_encoder_spec(cfg.item_encoder.name)
+    encoder = espec.build(cfg.item_encoder, n_items=n_items, extra_tokens=mspec.extra_tokens,
+                          tensors=tensors or {})
+    backbone = mspec.build(cfg.model, int(encoder.dim))
+    return SequenceModel(encoder, backbone, cfg.objective, regularizers)
+
+
+def item_popularity(ds_seqs, train_end: np.ndarray) -> np.ndarray:
+    """Training interactions per item id (``[n_items + 1]``, index 0 = 0)."""
+    lengths = np.diff(ds_seqs.indptr)
+    owner = np.repeat(np.arange(lengths.size), lengths)
+    in_train = np.arange(ds_seqs.items.size) < train_end[owner]
+    return np.bincount(ds_seqs.items[in_train], minlength=ds_seqs.n_items + 1).astype(np.int64)
+
+
+@dataclass
+class LoadedRun:
+    """A trained run: its config, its model (eval mode, best checkpoint) and its dataset."""
+
+    path: Path
+    config: ExperimentConfig
+    model: SequenceModel
+    dataset: DatasetDir
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, device: str | None = None, data_dir: str | Path | None = None,
+             checkpoint: str = BEST) -> LoadedRun:
+    """Load ``RUN/config.yaml`` + the best checkpoint; ``data_dir`` overrides the recorded dataset path."""
+    run = Path(run_dir)
+    if not (run / CONFIG).exists():
+        raise InputError("not a run directory (no config.yaml); run `mmseqrec train` first", file=run)
+    cfg = load_experiment(run / CONFIG)
+    data = data_dir or cfg.data.path
+    if data is None:
+        raise InputError("the run records no dataset path; pass --data", file=run / CONFIG, field="data.path")
+    ds = DatasetDir(data)
+    dev = resolve_device(device or cfg.train.device)
+    model = build_model(cfg, ds.n_items, load_tensors(cfg, data))
+    load_model(run / checkpoint, model, ignore_prefixes=("regularizers.",))  # training-only terms
+    model.to(dev).eval()
+    return LoadedRun(run, cfg, model, ds, dev)

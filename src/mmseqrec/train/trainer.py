@@ -1,0 +1,295 @@
+"""The one trainer for every sequence model.
+
+AdamW, bf16 autocast on CUDA (never on CPU), gradient clipping, early stopping on a *validation* metric
+(test is scored once, with the best checkpoint, after training), safetensors checkpoints, resume, seeded
+determinism, rich progress bars, and a JSONL log with the loss parts, validation metrics, targets/s and
+seconds of every epoch.
+
+Determinism: model init uses ``torch.manual_seed(seed)``; each epoch reseeds torch with ``(seed, epoch)``
+(dropout, negatives, cloze masks) and shuffles users with ``numpy.random.default_rng([seed, epoch])``, so a
+resumed run continues exactly like an uninterrupted one (on CPU; CUDA kernels may add nondeterminism).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import dump_config
+from ..data.dataset import DatasetDir
+from ..data.split import EvalSet, LeaveOneOut, leave_one_out
+from ..errors import InputError
+from ..fileio import atomic_write_json, atomic_write_text
+from ..models.sequence import SequenceModel
+from ..registry import regularizer_spec
+from .batching import TrainBatches
+from .checkpoint import load_model, load_optimizer, save_model, save_optimizer
+from .config import ExperimentConfig, load_experiment
+from .run import (
+    BEST,
+    CONFIG,
+    LAST,
+    LOG,
+    METRICS,
+    OPTIM,
+    RANKS,
+    STATE,
+    build_model,
+    item_popularity,
+    load_tensors,
+    resolve_device,
+)
+
+__all__ = ["Trainer", "evaluate_model", "make_score_fn", "train"]
+
+# Keys that may change between a run and its resumption.
+_RESUMABLE = {("train", "epochs"), ("train", "patience"), ("train", "progress"), ("train", "device"),
+              ("train", "num_threads"), ("train", "compile"), ("data", "path")}
+
+
+def make_score_fn(model: SequenceModel, device: torch.device, bf16: bool = True):
+    """``score_fn(histories, candidates | None)`` for :func:`mmseqrec.evaluate.evaluate_ranking`."""
+    use_bf16 = bf16 and device.type == "cuda"
+
+    @torch.no_grad()
+    def score_fn(histories: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        with ctx:
+            h = histories.to(device)
+            s = model.score_all(h) if candidates is None else model.score(h, candidates.to(device))
+        return s.float()
+
+    return score_fn
+
+
+def evaluate_model(model: SequenceModel, evalset: EvalSet, split: LeaveOneOut, cfg: ExperimentConfig,
+                   device: torch.device, protocol: str | None = None, exclude_history: bool | None = None,
+                   popularity: np.ndarray | None = None):
+    """Rank ``evalset`` with ``model`` under ``protocol`` (default ``cfg.eval.protocol``) -> RankingResult."""
+    from ..evaluate import Protocol, evaluate_ranking
+
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate_ranking(
+            make_score_fn(model, device, cfg.train.bf16), evalset, split.seqs,
+            Protocol.parse(protocol or cfg.eval.protocol), tuple(cfg.eval.ks),
+            exclude_history=cfg.eval.exclude_history if exclude_history is None else exclude_history,
+            max_len=int(cfg.train.max_len), batch_size=cfg.eval.batch_size, device=str(device),
+            item_popularity=popularity,
+        )
+    finally:
+        model.train(was_training)
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    disable=not enabled, transient=True)
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, prefix + (k,))
+        elif va != vb:
+            out.append(prefix + (k,))
+    return out
+
+
+class Trainer:
+    """Trains ``cfg`` into ``run_dir``.
+
+    Parameters
+    ----------
+    cfg : the resolved experiment config (``cfg.data.path`` must be set).
+    run_dir : output directory.
+    resume : continue from ``last.safetensors`` + ``optim.safetensors`` + ``state.json``.
+    overwrite : replace an existing run.
+    regularizers : extra loss modules passed to the model (e.g. LLM-ESR self-distillation).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False,
+                 overwrite: bool = False, regularizers: list[torch.nn.Module] | None = None) -> None:
+        if cfg.data.path is None:
+            raise InputError("no dataset directory given", field="data.path")
+        self.cfg, self.run = cfg, Path(run_dir)
+        self.resume = resume
+        self._check_run_dir(overwrite)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.device = resolve_device(cfg.train.device)
+        self.ds = DatasetDir(cfg.data.path)
+        self.split = leave_one_out(self.ds.sequences, cfg.data.min_len)
+        self.popularity = item_popularity(self.split.seqs, self.split.train_end)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % (2**32))
+        tensors = load_tensors(cfg)
+        self.model = build_model(cfg, self.ds.n_items, tensors).to(self.device)
+        self.causal = not self.model.bidirectional
+        width = int(cfg.train.max_len) + (1 if self.causal else 0)
+        self.batches = TrainBatches(self.split.seqs, self.split.train_end, width, cfg.train.batch_size,
+                                    self.device, min_items=2 if self.causal else 1, trim=cfg.train.trim)
+        regs = list(regularizers or [])
+        for rc in cfg.regularizers:
+            regs.append(regularizer_spec(rc.name).build(rc, tensors=tensors, windows=self.batches.matrix,
+                                                        n_users=self.ds.n_users, n_items=self.ds.n_items))
+        self.model.regularizers.extend(m.to(self.device) for m in regs)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.n_params = int(sum(p.numel() for p in params))
+        self._loss = torch.compile(self.model.loss) if cfg.train.compile else self.model.loss
+
+    # ------------------------------------------------------------------ run dir
+    def _check_run_dir(self, overwrite: bool) -> None:
+        run = self.run
+        exists = run.exists() and any(run.iterdir())
+        if self.resume:
+            if not (run / STATE).exists():
+                raise InputError("nothing to resume (no state.json)", file=run)
+            saved = load_experiment(run / CONFIG).model_dump(mode="json")
+            diff = [d for d in _diff(saved, self.cfg.model_dump(mode="json")) if d[:2] not in _RESUMABLE]
+            if diff:
+                raise InputError("config differs from the run being resumed: "
+                                 + ", ".join(".".join(d) for d in diff), file=run / CONFIG)
+        elif exists:
+            if not overwrite:
+                raise InputError("run directory exists and is not empty (use --resume or --overwrite)", file=run)
+            for name in (CONFIG, BEST, LAST, OPTIM, STATE, LOG, METRICS, RANKS):
+                (run / name).unlink(missing_ok=True)
+        run.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ epochs
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.train.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_epoch(self, epoch: int, progress=None) -> dict[str, Any]:
+        """One pass over the training users; returns mean loss parts, targets/s and seconds."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        n_batches = n_targets = 0
+        task = progress.add_task(f"epoch {epoch + 1}", total=len(self.batches), info="") if progress else None
+        t0 = time.perf_counter()
+        for users, batch in self.batches.epoch(cfg.seed, epoch):
+            with self._autocast():
+                total, parts = self._loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            self.optimizer.step()
+            for k, v in (("loss", total), *parts.items()):
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+            n_batches += 1
+            n_targets += self.batches.n_targets(users, self.causal, cfg.objective.positions == "last")
+            if task is not None:
+                progress.update(task, advance=1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        if task is not None:
+            progress.remove_task(task)
+        losses = {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
+        if any(not math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}: {losses}")
+        return {"loss": losses, "targets": n_targets, "targets_per_s": n_targets / max(seconds, 1e-9),
+                "seconds": seconds}
+
+    def fit(self) -> dict[str, Any]:
+        """Train with early stopping on valid, then score test with the best checkpoint; returns metrics."""
+        cfg, run = self.cfg, self.run
+        state = {"epoch": 0, "best_metric": None, "best_epoch": 0, "bad_evals": 0, "best_valid": {},
+                 "stopped": False}
+        log_lines: list[str] = []
+        if self.resume:
+            state.update(json.loads((run / STATE).read_text()))
+            load_model(run / LAST, self.model, self.device)
+            load_optimizer(run / OPTIM, self.optimizer)
+            if (run / LOG).exists():
+                log_lines = [ln for ln in (run / LOG).read_text().splitlines()
+                             if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
+        atomic_write_text(run / CONFIG, dump_config(cfg))
+        metric = cfg.train.select_metric
+        has_valid = len(self.split.valid) > 0
+        with _progress(cfg.train.progress) as progress:
+            epoch = int(state["epoch"])
+            while epoch < cfg.train.epochs and not state["stopped"]:
+                row = {"epoch": epoch + 1, **self.train_epoch(epoch, progress)}
+                epoch += 1
+                if has_valid and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
+                    t0 = time.perf_counter()
+                    res = evaluate_model(self.model, self.split.valid, self.split, cfg, self.device,
+                                         popularity=self.popularity)
+                    row["valid"] = res.metrics
+                    row["eval_seconds"] = time.perf_counter() - t0
+                    if metric not in res.metrics:
+                        raise InputError(f"select_metric {metric!r} not computed (have "
+                                         f"{', '.join(res.metrics)})", field="train.select_metric")
+                    value = float(res.metrics[metric])
+                    if state["best_metric"] is None or value > state["best_metric"]:
+                        state.update(best_metric=value, best_epoch=epoch, bad_evals=0, best_valid=res.metrics)
+                        save_model(run / BEST, self.model, {"epoch": str(epoch)})
+                    else:
+                        state["bad_evals"] += 1
+                        if cfg.train.patience and state["bad_evals"] >= cfg.train.patience:
+                            state["stopped"] = True
+                elif not has_valid:
+                    state.update(best_epoch=epoch)
+                    save_model(run / BEST, self.model, {"epoch": str(epoch)})
+                state["epoch"] = epoch
+                save_model(run / LAST, self.model, {"epoch": str(epoch)})
+                save_optimizer(run / OPTIM, self.optimizer)
+                atomic_write_json(run / STATE, state)
+                log_lines.append(json.dumps(row))
+                atomic_write_text(run / LOG, "\n".join(log_lines) + "\n")
+                if progress.disable is False:
+                    v = row.get("valid", {}).get(metric)
+                    progress.console.print(
+                        f"epoch {epoch}: loss {row['loss']['loss']:.4f}"
+                        + (f", valid {metric} {v:.4f}" if v is not None else "")
+                        + f", {row['targets_per_s']:.0f} targets/s")
+        return self.finish(state)
+
+    def finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Score test with the best checkpoint; write metrics.json and ranks.parquet."""
+        cfg, run = self.cfg, self.run
+        if not (run / BEST).exists():
+            save_model(run / BEST, self.model, {"epoch": str(state["epoch"])})
+        load_model(run / BEST, self.model, self.device)
+        res = evaluate_model(self.model, self.split.test, self.split, cfg, self.device, popularity=self.popularity)
+        res.save_ranks(run / RANKS)
+        metrics = {
+            "protocol": str(res.protocol), "exclude_history": cfg.eval.exclude_history, "seed": cfg.seed,
+            "n_params": self.n_params, "best_epoch": int(state["best_epoch"]), "epochs_run": int(state["epoch"]),
+            "valid": state.get("best_valid", {}), "test": res.metrics,
+        }
+        atomic_write_json(run / METRICS, metrics)
+        return metrics
+
+
+def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False
+          ) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` and return the contents of ``metrics.json``."""
+    return Trainer(cfg, run_dir, resume=resume, overwrite=overwrite).fit()

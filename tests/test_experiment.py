@@ -1,0 +1,93 @@
+"""The experiment runner: a grid of variants x backbones x seeds x protocols, resumable, with a report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from mmseqrec.experiment import load_grid, run_grid, write_report
+from mmseqrec.experiment.report import per_case_values
+
+torch = pytest.importorskip("torch")
+
+
+def test_per_case_values_hand_computed():
+    ranks = np.array([0, 1, 4, 10])
+    assert per_case_values(ranks, "HR@5").tolist() == [1, 1, 1, 0]
+    np.testing.assert_allclose(per_case_values(ranks, "NDCG@5"), [1.0, 1 / np.log2(3), 1 / np.log2(6), 0.0])
+    np.testing.assert_allclose(per_case_values(ranks, "MRR@2"), [1.0, 0.5, 0.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory):
+    from test_train_e2e import write_dataset
+
+    root = tmp_path_factory.mktemp("exp")
+    data = write_dataset(root / "ds")
+    grid = {
+        "name": "tiny",
+        "datasets": {"cycle": str(data)},
+        "backbones": ["sasrec", "gru4rec"],
+        "seeds": [1, 2],
+        "protocols": ["full", "sampled:5"],
+        "metrics": ["HR@5", "NDCG@5"],
+        "baseline": "ID-small",
+        "base": {"train": {"epochs": 3, "batch_size": 32, "max_len": 10, "patience": 0, "progress": False},
+                 "objective": {"name": "ce"}, "eval": {"ks": [1, 5, 10]}},
+        "variants": {"ID-small": {"item_encoder": {"name": "id", "dim": 8}},
+                     "ID-large": {"item_encoder": {"name": "id", "dim": 32}}},
+        "variant_backbones": {"ID-large": ["sasrec"]},
+    }
+    path = root / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_grid_runs_resumes_and_reports(grid_file, tmp_path):
+    torch.set_num_threads(1)
+    grid = load_grid(grid_file)
+    out = tmp_path / "out"
+    runs = run_grid(grid, out, progress=False)
+    # 2 backbones x 2 seeds for the baseline, 1 backbone x 2 seeds for the restricted variant
+    assert len(runs) == 6
+    for r in runs:
+        m = json.loads((r.run_dir / "metrics.json").read_text())
+        assert m["protocol"] == "full"
+        e = json.loads((r.run_dir / "eval-sampled-5.json").read_text())
+        assert e["protocol"].startswith("sampled:5")
+        assert (r.run_dir / "ranks-sampled-5.parquet").exists()
+    # resumable: a second call trains nothing (metrics.json untouched)
+    stamp = {r.run_dir: (r.run_dir / "metrics.json").stat().st_mtime_ns for r in runs}
+    run_grid(grid, out, progress=False)
+    assert all((r.run_dir / "metrics.json").stat().st_mtime_ns == stamp[r.run_dir] for r in runs)
+
+    paths = write_report(grid, out)
+    md = paths["markdown"].read_text()
+    assert "protocol `full`" in md and "protocol `sampled:5" in md
+    assert "ID-large" in md and "(p=" in md  # p-value against the baseline
+    csv = pl.read_csv(paths["csv"])
+    row = csv.filter((pl.col("variant") == "ID-small") & (pl.col("backbone") == "sasrec")
+                     & (pl.col("protocol") == "full") & (pl.col("metric") == "HR@5"))
+    vals = [json.loads((r.run_dir / "metrics.json").read_text())["test"]["HR@5"]
+            for r in runs if r.variant == "ID-small" and r.backbone == "sasrec"]
+    assert row["mean"][0] == pytest.approx(np.mean(vals))
+    assert row["std"][0] == pytest.approx(np.std(vals, ddof=1))
+    assert row["n_seeds"][0] == 2
+    assert len(paths["plots"]) == 2 * 2  # 2 protocols x 2 metrics, one dataset
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths["plots"])
+
+
+def test_grid_validation_errors(tmp_path):
+    from mmseqrec.errors import InputError
+
+    bad = tmp_path / "g.yaml"
+    bad.write_text(yaml.safe_dump({"datasets": {"a": "x"}, "baseline": "nope", "variants": {"A": {}}}))
+    with pytest.raises(InputError, match="baseline"):
+        load_grid(bad)
+    bad.write_text(yaml.safe_dump({"datasets": {"a": "x"}, "protocols": ["sampled"]}))
+    with pytest.raises(InputError):
+        load_grid(bad)
