@@ -1,0 +1,129 @@
+"""``recbole``: RecBole atomic files: ``<name>.inter`` and optionally ``<name>.item`` (tab-separated, typed
+headers such as ``user_id:token  item_id:token  rating:float  timestamp:float``).
+
+Field names come from :class:`ReaderOptions` (``user_col``/``item_col``/``time_col``; the rating field is
+``rating_col`` or ``rating`` when present). Without a timestamp field, file order is time. In ``.item`` the
+title is ``title_col`` or the first of ``title``, ``movie_title``, ``item_name``, ``name``; ``class``/
+``genre``/``categories`` become ``categories``; other fields are kept as text columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from ...errors import InputError
+from ..raw import RawData
+from .base import ReaderOptions, check_columns, expand_paths, first_line, reading
+
+__all__ = ["parse_header", "read"]
+
+_TITLE_FIELDS = ("title", "movie_title", "item_name", "name")
+_CATEGORY_FIELDS = ("class", "genre", "genres", "categories", "category")
+
+
+def parse_header(path: Path) -> list[tuple[str, str]]:
+    """``name:type`` pairs of an atomic file header."""
+    header = first_line(path).rstrip("\r\n")
+    fields = []
+    for i, tok in enumerate(header.split("\t")):
+        if ":" not in tok:
+            raise InputError(
+                f"header field {tok!r} is not of the form name:type",
+                file=path,
+                line=1,
+                field=f"column {i + 1}",
+            )
+        name, typ = tok.rsplit(":", 1)
+        if typ not in ("token", "token_seq", "float", "float_seq"):
+            raise InputError(f"unknown atomic type {typ!r}", file=path, line=1, field=name)
+        fields.append((name, typ))
+    return fields
+
+
+def _read_atomic(path: Path) -> pl.DataFrame:
+    fields = parse_header(path)
+    names = [n for n, _ in fields]
+    try:
+        df = pl.read_csv(
+            path,
+            separator="\t",
+            has_header=False,
+            skip_rows=1,
+            quote_char=None,
+            new_columns=names,
+            schema={n: pl.Utf8 for n in names},
+        )
+    except pl.exceptions.ComputeError as exc:
+        raise InputError(f"cannot parse: {str(exc).splitlines()[0]}", file=path) from None
+    return df.with_row_index("lineno", offset=2).with_columns(pl.col("lineno").cast(pl.Int64))
+
+
+def read(paths: list[Path], opts: ReaderOptions) -> RawData:
+    files = expand_paths(paths, "recbole")
+    inter_files = [p for p in files if p.suffix == ".inter"]
+    item_files = [p for p in files if p.suffix == ".item"]
+    if not inter_files:
+        raise InputError("no .inter file among the inputs", file=paths[0])
+    frames = []
+    has_rating = has_time = None
+    for p in inter_files:
+        with reading(p.name):
+            df = _read_atomic(p)
+        check_columns(df.columns, [opts.user_col, opts.item_col], p)
+        rating = opts.rating_col or ("rating" if "rating" in df.columns else None)
+        check_columns(df.columns, [rating], p)
+        time = opts.time_col if opts.time_col in df.columns else None
+        cols = [
+            pl.col(opts.user_col).alias("user_id"),
+            pl.col(opts.item_col).alias("item_id"),
+            (pl.col(time).cast(pl.Float64, strict=False).cast(pl.Int64) if time else pl.col("lineno")).alias(
+                "timestamp"
+            ),
+        ]
+        if rating:
+            cols.append(pl.col(rating).cast(pl.Float32, strict=False).alias("rating"))
+        out = df.select(pl.col("lineno"), *cols)
+        for c in out.columns:
+            bad = out.filter(pl.col(c).is_null())
+            if bad.height:
+                field = {
+                    "user_id": opts.user_col,
+                    "item_id": opts.item_col,
+                    "timestamp": time,
+                    "rating": rating,
+                }.get(c, c)
+                raise InputError("missing or invalid value", file=p, line=int(bad["lineno"][0]), field=field)
+        if has_rating is not None and (has_rating != bool(rating) or has_time != bool(time)):
+            raise InputError("all .inter files must have the same fields", file=p)
+        has_rating, has_time = bool(rating), bool(time)
+        frames.append(out.drop("lineno"))
+    inter = pl.concat(frames)
+    items = None
+    if item_files:
+        parts = []
+        for p in item_files:
+            df = _read_atomic(p).drop("lineno")
+            check_columns(df.columns, [opts.item_col], p)
+            title = opts.title_col or next((f for f in _TITLE_FIELDS if f in df.columns), None)
+            if opts.title_col:
+                check_columns(df.columns, [opts.title_col], p)
+            ren = {opts.item_col: "item_id"}
+            if title:
+                ren[title] = "title"
+            cat = next((f for f in _CATEGORY_FIELDS if f in df.columns and f not in ren), None)
+            if cat and "categories" not in df.columns:
+                ren[cat] = "categories"
+            df = df.rename(ren)
+            if "title" not in df.columns:
+                df = df.with_columns(pl.lit(None, pl.Utf8).alias("title"))
+            parts.append(df)
+        items = pl.concat(parts, how="diagonal")
+    return RawData(
+        interactions=inter,
+        items=items,
+        source_files=inter_files + item_files,
+        format="recbole",
+        options={"timestamp": "field" if has_time else "file order"},
+    )
