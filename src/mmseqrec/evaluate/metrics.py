@@ -17,16 +17,16 @@ import torch
 from ..errors import InputError, MmseqrecError
 
 __all__ = [
-    "hit_rate",
-    "ndcg",
-    "mrr",
     "auc",
-    "rank_parts",
-    "rank_from_scores",
-    "parse_metric",
     "case_values",
     "compute_metrics",
+    "hit_rate",
     "metric_names",
+    "mrr",
+    "ndcg",
+    "parse_metric",
+    "rank_from_scores",
+    "rank_parts",
 ]
 
 _METRIC_RE = re.compile(r"^(HR|RECALL|NDCG|MRR)@(\d+)$", re.IGNORECASE)
@@ -87,21 +87,18 @@ def rank_parts(scores: torch.Tensor, target_col: torch.Tensor,
     """
     if scores.dim() != 2:
         raise MmseqrecError(f"scores must be [batch, candidates], got shape {tuple(scores.shape)}")
-    if torch.isnan(scores).any():
+    if torch.isnan(scores.sum()) and torch.isnan(scores).any():  # one cheap reduction first
         raise MmseqrecError("score function returned NaN scores; cannot rank (did training diverge?)")
     rows = torch.arange(scores.shape[0], device=scores.device)
     tcol = target_col.to(scores.device).long()
     tgt = scores[rows, tcol].unsqueeze(1)
-    gt = scores > tgt
-    eq = scores == tgt
-    if exclude is not None:
+    if exclude is None:
+        greater = (scores > tgt).sum(1)
+        tied = (scores >= tgt).sum(1) - greater - 1  # minus the target itself
+    else:
         keep = ~exclude.to(scores.device)
-        gt &= keep
-        eq &= keep
-    greater = gt.sum(1)
-    tied = eq.sum(1) - 1  # the target itself
-    if exclude is not None:
-        tied = tied + exclude.to(scores.device)[rows, tcol].long()  # if the caller excluded the target
+        greater = ((scores > tgt) & keep).sum(1)
+        tied = ((scores == tgt) & keep).sum(1) - 1 + exclude.to(scores.device)[rows, tcol].long()
     return greater.long(), tied.long().clamp_min(0)
 
 

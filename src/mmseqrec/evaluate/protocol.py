@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, ValidationError, model_validator
 
 from ..config import Config
 from ..errors import InputError
@@ -112,8 +112,8 @@ class Protocol(Config):
                 raise InputError(f"unknown protocol option {tok!r} in {text!r}; {usage}", field="--protocol")
         try:
             return cls(**fields)  # type: ignore[arg-type]
-        except ValueError as exc:  # pydantic ValidationError is a ValueError
-            msg = "; ".join(e["msg"] for e in getattr(exc, "errors", lambda: [{"msg": str(exc)}])())
+        except ValidationError as exc:
+            msg = "; ".join(e["msg"] for e in exc.errors())
             raise InputError(f"invalid protocol {text!r}: {msg}", field="--protocol") from None
 
     def __str__(self) -> str:

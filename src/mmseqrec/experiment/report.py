@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,11 @@ from .runner import RunRecord, plan_runs, protocol_slug
 
 __all__ = ["collect", "per_case_values", "paired_pvalues", "summarise", "write_report"]
 
-_METRIC = re.compile(r"^(HR|NDCG|MRR|Recall)@(\d+)$")
-
-
 def per_case_values(ranks: np.ndarray, metric: str) -> np.ndarray:
     """Per-case metric values from 0-based pessimistic ranks (``HR@K``, ``NDCG@K``, ``MRR@K``)."""
-    m = _METRIC.match(metric)
-    if not m:
-        raise ValueError(f"per-case values need HR@K, NDCG@K or MRR@K, got {metric!r}")
-    name, k = m.group(1), int(m.group(2))
-    ranks = np.asarray(ranks, dtype=np.float64)
-    hit = ranks < k
-    if name in ("HR", "Recall"):
-        return hit.astype(np.float64)
-    if name == "NDCG":
-        return np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
-    return np.where(hit, 1.0 / (ranks + 1.0), 0.0)
+    from ..evaluate.metrics import case_values
+
+    return case_values(metric, np.asarray(ranks))
 
 
 def _ranks_path(run_dir: Path, protocol: str, primary: str) -> Path:

@@ -1,0 +1,79 @@
+"""``mmseqrec compare`` and ``mmseqrec report``: thin wiring over :mod:`mmseqrec.evaluate.report`.
+
+(``mmseqrec evaluate RUN`` itself lives in ``cli/train.py``.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["register"]
+
+
+def _fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.4f}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``compare`` and ``report`` commands to ``app``."""
+
+    @app.command("compare")
+    def compare_cmd(
+        run_a: Annotated[Path, typer.Argument(help="Baseline run directory (A).")],
+        run_b: Annotated[Path, typer.Argument(help="Run directory to compare against A (B).")],
+        metric: Annotated[list[str] | None, typer.Option(
+            "--metric", "-m", help="Metric(s) to test, e.g. NDCG@10 (repeatable; default: all).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ) -> None:
+        """Paired comparison of two runs' test ranks: deltas (B - A) with Wilcoxon and t-test p-values."""
+        from ..evaluate.report import compare_runs, load_run_result
+
+        a, b = load_run_result(run_a), load_run_result(run_b)
+        rows = compare_runs(a, b, metric or None)
+        if as_json:
+            typer.echo(json.dumps({"a": str(run_a), "b": str(run_b), "protocol": a.setting, "rows": rows},
+                                  indent=2))
+            return
+        table = Table(title=f"{a.name} (A) vs {b.name} (B) — {a.setting}, n={rows[0]['n']} paired cases")
+        for col in ("metric", "A", "B", "delta", "p (Wilcoxon)", "p (t-test)"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for r in rows:
+            style = "green" if r["delta"] > 0 and r["p_wilcoxon"] < 0.05 else (
+                "red" if r["delta"] < 0 and r["p_wilcoxon"] < 0.05 else None)
+            table.add_row(r["metric"], f"{r['a']:.4f}", f"{r['b']:.4f}", f"{r['delta']:+.4f}",
+                          _fmt_p(r["p_wilcoxon"]), _fmt_p(r["p_ttest"]), style=style)
+        Console(width=120).print(table)
+
+    @app.command("report")
+    def report_cmd(
+        runs: Annotated[list[Path], typer.Argument(help="Run directories (e.g. one per seed).")],
+        one_group: Annotated[bool, typer.Option(
+            "--one-group", help="Aggregate all runs together instead of grouping by config minus seed.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    ) -> None:
+        """Mean +- std of test metrics across runs of the same config (differing only by seed)."""
+        from ..evaluate.report import aggregate_runs
+
+        groups = aggregate_runs(list(runs), by_config=not one_group)
+        if as_json:
+            typer.echo(json.dumps(groups, indent=2))
+            return
+        console = Console(width=120)
+        for g in groups:
+            table = Table(title=f"{g['n_runs']} run(s): {', '.join(g['runs'])} — {g['protocol']}")
+            table.add_column("metric")
+            table.add_column("mean ± std", justify="right")
+            for name, (mean, std) in g["metrics"].items():
+                if name == "n_cases":
+                    continue
+                table.add_row(name, f"{mean:.4f} ± {std:.4f}")
+            console.print(table)
