@@ -28,8 +28,17 @@ import torch
 from .errors import InputError
 from .models.base import Backbone, ItemEncoder
 from .models.bert4rec import BERT4Rec, BERT4RecConfig
+from .models.dmesr import DmesrConfig, build_dmesr
 from .models.gru4rec import GRU4Rec, GRU4RecConfig
 from .models.item_encoders import ContentEmbedding, ContentEmbeddingConfig, IdEmbedding, IdEmbeddingConfig
+from .models.llmesr import (
+    LlmEmbConfig,
+    LlmEsrConfig,
+    SelfDistillationConfig,
+    build_llmemb,
+    build_llmesr,
+    build_self_distillation,
+)
 from .models.sasrec import SASRec, SASRecConfig
 
 __all__ = ["ITEM_ENCODERS", "MODELS", "ItemEncoderSpec", "ModelSpec", "item_encoder_spec", "model_spec"]
@@ -78,9 +87,14 @@ MODELS: dict[str, ModelSpec] = {
 ITEM_ENCODERS: dict[str, ItemEncoderSpec] = {
     "id": ItemEncoderSpec(IdEmbeddingConfig, _build_id),
     "content": ItemEncoderSpec(ContentEmbeddingConfig, _build_content),
+    "dmesr": ItemEncoderSpec(DmesrConfig, build_dmesr),
+    "llmesr": ItemEncoderSpec(LlmEsrConfig, build_llmesr),
+    "llmemb": ItemEncoderSpec(LlmEmbConfig, build_llmemb),
 }
 
-REGULARIZERS: dict[str, RegularizerSpec] = {}
+REGULARIZERS: dict[str, RegularizerSpec] = {
+    "self-distill": RegularizerSpec(SelfDistillationConfig, build_self_distillation),
+}
 
 
 def _lookup(table: dict[str, Any], name: str, what: str, field: str) -> Any:

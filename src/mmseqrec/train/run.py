@@ -53,16 +53,28 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_tensors(cfg: ExperimentConfig, data_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """Embedding matrices named by ``cfg.item_encoder.embeddings()``, read from ``DIR/embed``."""
+    """Embedding matrices named by ``cfg.item_encoder.embeddings()`` and token-level features named by
+    ``cfg.item_encoder.token_embeddings()`` (as ``NAME:tokens`` / ``NAME:lengths``), read from ``DIR/embed``."""
     names = list(getattr(cfg.item_encoder, "embeddings", list)())
-    if not names:
+    token_names = list(getattr(cfg.item_encoder, "token_embeddings", list)())
+    if not names and not token_names:
         return {}
     data_dir = data_dir or cfg.data.path
     if data_dir is None:
         raise InputError("this item encoder needs embedding stores but no data directory is set",
                          field="data.path")
-    return {n: torch.from_numpy(np.asarray(load_embedding(data_dir, n).matrix, dtype=np.float32))
-            for n in names}
+    out: dict[str, torch.Tensor] = {}
+    for n in dict.fromkeys(names + token_names):
+        store = load_embedding(data_dir, n)
+        if n in names:
+            out[n] = torch.from_numpy(np.asarray(store.matrix, dtype=np.float32))
+        if n in token_names:
+            if store.tokens is None or store.lengths is None:
+                raise InputError(f"embedding {n!r} has no token-level features; re-run "
+                                 f"`mmseqrec embed ... --out {n} --tokens`", field="item_encoder")
+            out[f"{n}:tokens"] = torch.from_numpy(np.asarray(store.tokens, dtype=np.float32))
+            out[f"{n}:lengths"] = torch.from_numpy(np.asarray(store.lengths, dtype=np.int64))
+    return out
 
 
 def build_model(cfg: ExperimentConfig, n_items: int, tensors: dict[str, torch.Tensor] | None = None,
