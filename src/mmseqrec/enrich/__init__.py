@@ -1,1 +1,41 @@
-"""mmseqrec.enrich"""
+"""MLLM enrichment: item descriptions, summaries, views and keywords, and user preferences/profiles.
+
+``run_enrich(DATA, EnrichConfig(task=..., backend=BackendConfig(backend=...)))`` writes
+``DATA/enrich/<task>.parquet`` (+ ``<task>.json``), with ``DATA/enrich/cache.sqlite`` as the resumable cache.
+See :mod:`.tasks` for the tasks and prompts and :mod:`.backends` for the generation backends.
+"""
+
+from .backends import (
+    BACKENDS,
+    BackendConfig,
+    Decoding,
+    GenRequest,
+    GenResponse,
+    make_backend,
+    register_backend,
+)
+from .cache import EnrichCache, make_key
+from .images import ImageFetchConfig, load_image
+from .runner import EnrichConfig, EnrichSummary, output_paths, run_enrich
+from .tasks import TASKS, TEMPLATES, PromptTemplate
+
+__all__ = [
+    "BACKENDS",
+    "TASKS",
+    "TEMPLATES",
+    "BackendConfig",
+    "Decoding",
+    "EnrichCache",
+    "EnrichConfig",
+    "EnrichSummary",
+    "GenRequest",
+    "GenResponse",
+    "ImageFetchConfig",
+    "PromptTemplate",
+    "load_image",
+    "make_backend",
+    "make_key",
+    "output_paths",
+    "register_backend",
+    "run_enrich",
+]

@@ -1,0 +1,389 @@
+"""Enrichment tasks and their versioned prompt templates.
+
+A :class:`PromptTemplate` is an id, a version and a text with named ``{placeholders}``; the rendered text is
+stored with every output. Templates copied from a paper's released code are marked ``exact``; those written
+here because the paper gives no prompt are marked ``reconstructed``. Changing a template's text requires a
+new version (the version is part of the cache key, so old outputs are never confused with new ones).
+
+Tasks (named on the command line):
+
+``item-description``
+    From the image, with MLLM-MSR's image prompt (``mllm-msr/image-summary``). Items without a usable image
+    fall back to a text prompt (the reason is recorded).
+``item-summary``
+    From the item text (MLLM-MSR describes a text summariser but releases no prompt: reconstructed).
+``item-views``
+    DMESR's three-way prompting: the item from its image alone, its text alone, and both together (one output
+    row per item per view, ``view`` in {image, text, both}; reconstructed).
+``item-keywords``
+    MMSRARec's keyword summaries, image and text summarised separately to avoid modality bias (``view`` in
+    {image, text}; reconstructed: the paper's prompt table is an unreadable image).
+``user-preference``
+    MLLM-MSR's recurrent preference summariser over blocks of ``k`` training items (``--mode recurrent``), or
+    one prompt over the whole training history (``--mode direct``, the MLLM-MSR_R ablation).
+``user-profile``
+    MLLMRec's preference reasoning over the chronological list of item descriptions (reconstructed).
+
+User-level tasks read only each user's *training* prefix of the leave-one-out split: validation and test
+items never enter a prompt (MLLMRec issue #6 shows how much leaking them inflates results).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from ..data.dataset import DatasetDir
+from ..data.split import leave_one_out
+
+__all__ = [
+    "TASKS",
+    "TEMPLATES",
+    "Job",
+    "PromptTemplate",
+    "Step",
+    "TaskOptions",
+    "item_descriptions",
+    "item_texts",
+    "plan_task",
+]
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A versioned prompt: ``render(**fields)`` fills the named placeholders."""
+
+    id: str
+    version: str
+    text: str
+    origin: Literal["exact", "adapted", "reconstructed"]
+    source: str
+    notes: str = ""
+
+    @property
+    def fields(self) -> list[str]:
+        return [f for _, f, _, _ in string.Formatter().parse(self.text) if f]
+
+    def render(self, **values: str) -> str:
+        missing = [f for f in self.fields if f not in values]
+        if missing:
+            raise KeyError(f"template {self.id} needs {missing}")
+        return self.text.format_map(values)
+
+    def metadata(self) -> dict[str, str]:
+        return {"id": self.id, "version": self.version, "origin": self.origin, "source": self.source,
+                "notes": self.notes, "text": self.text}
+
+
+_MSR_PREF_TAIL = (
+    "please summarize the user's preferences in one continuous paragraph. Only provide information about the "
+    "user's preferences; do not repeat details about the previously watched videos. Do not repeat the question "
+    "in your answer, and keep clear and concise.The answer should start with 'The user appears to have a "
+    "preference for'."
+)
+
+_T = [
+    PromptTemplate(
+        "mllm-msr/image-summary", "1",
+        "Please describe this image, which is {image_kind}. Provide a detailed description in one continuous "
+        "paragraph, including content information and visual features such as colors, objects, text, and any "
+        "notable elements present in the image.",
+        "exact", "MLLM-MSR Inference/microlens/image_summary.py",
+        "exact with image_kind='a cover of a video' (the default); the LLaVA-Mistral '[INST] <image>\\n ... "
+        "[/INST]' wrapper is replaced by the model's own chat template",
+    ),
+    PromptTemplate(
+        "mmseqrec/description-from-text", "1",
+        "The image of this item is not available. Based on its title and text, describe the item in one "
+        "continuous paragraph, including its content and the visual features it is likely to have.\n"
+        "Title: {title}\nText: {text}",
+        "reconstructed", "mmseqrec (text fallback for image prompts)",
+    ),
+    PromptTemplate(
+        "mllm-msr/text-summary", "1",
+        "Below is the text of an item.\nTitle: {title}\nText: {text}\nPlease summarize this item in one "
+        "continuous paragraph, keeping its content and key attributes. Do not repeat the question in your "
+        "answer, and keep clear and concise.",
+        "reconstructed", "MLLM-MSR paper (text summariser; prompt not released)",
+    ),
+    PromptTemplate(
+        "dmesr/view-image", "1",
+        "Please describe the item shown in this image in one continuous paragraph: what it is, its category, "
+        "and its visual features such as colors, shapes, materials, style and any text in the image.",
+        "reconstructed", "DMESR three-way prompting (image alone); prompts not published",
+    ),
+    PromptTemplate(
+        "dmesr/view-text", "1",
+        "Below is the textual information of an item.\nTitle: {title}\nText: {text}\nDescribe this item in "
+        "one continuous paragraph: what it is, its category, its key attributes and who it is for.",
+        "reconstructed", "DMESR three-way prompting (text alone); prompts not published",
+    ),
+    PromptTemplate(
+        "dmesr/view-both", "1",
+        "Here are an item's image and its textual information.\nTitle: {title}\nText: {text}\nUsing both the "
+        "image and the text, describe this item in one continuous paragraph: what it is, its category, its "
+        "visual features and its key attributes. Where image and text disagree, trust the text.",
+        "reconstructed", "DMESR three-way prompting (image and text together); prompts not published",
+    ),
+    PromptTemplate(
+        "mmsrarec/keywords-image", "1",
+        "Summarize the item shown in this image as a short list of keywords (at most 8), separated by commas. "
+        "Cover what the item is, its category and its salient visual features. Output only the keywords.",
+        "reconstructed", "MMSRARec stage 1 (Table 1 is an image; prompt not readable)",
+    ),
+    PromptTemplate(
+        "mmsrarec/keywords-text", "1",
+        "Summarize the item described below as a short list of keywords (at most 8), separated by commas. "
+        "Keep the name, category and key attributes. Output only the keywords.\nTitle: {title}\nText: {text}",
+        "reconstructed", "MMSRARec stage 1 (Table 1 is an image; prompt not readable)",
+    ),
+    PromptTemplate(
+        "mllm-msr/preference-first-block", "1",
+        "Below is a chronological list of videos previously watched by User {user}:\n{items}"
+        "Based on the content and visual style of videos listed above, " + _MSR_PREF_TAIL,
+        "exact", "MLLM-MSR preferece_inference_recurrent.py (first block)",
+        "the leading '[INST] ' of the original is dropped (the chat template supplies the turn markers); "
+        "item lines: \"{k}. {item}: Title - '{title}', Video cover description - {visual_desc}.\\n\"",
+    ),
+    PromptTemplate(
+        "mllm-msr/preference-next-block", "1",
+        "Below is a chronological list of videos previously watched by User {user}:\n{items}"
+        "We also know this user's previous preference.\n {last_preference}\n"
+        "Based on the content and visual style of videos listed above as well as the known aspects of user's "
+        "preference, " + _MSR_PREF_TAIL,
+        "exact", "MLLM-MSR preferece_inference_recurrent.py (later blocks)",
+        "the leading '[INST] ' of the original is dropped (the chat template supplies the turn markers)",
+    ),
+    PromptTemplate(
+        "mllm-msr/preference-direct", "1",
+        "Below is a chronological list of videos previously watched by User {user}:\n{items}"
+        "Based on the content and visual style of videos listed above, " + _MSR_PREF_TAIL,
+        "adapted", "MLLM-MSR preferece_inference_direct.py (MLLM-MSR_R ablation): first-block prompt over the "
+        "whole history",
+    ),
+    PromptTemplate(
+        "mllmrec/user-profile", "1",
+        "Below is the chronologically ordered list of multimodal descriptions of the items a user interacted "
+        "with:\n{items}Reason about what this user values and write the user's preference profile in one "
+        "continuous paragraph. Describe the preferences only; do not list the items.",
+        "reconstructed", "MLLMRec user preference generation (reasoning code unreleased)",
+    ),
+]
+TEMPLATES: dict[str, PromptTemplate] = {t.id: t for t in _T}
+
+TASKS = ("item-description", "item-summary", "item-views", "item-keywords", "user-preference", "user-profile")
+_MSR_ITEM_LINE = "{k}. {item}: Title - '{title}', Video cover description - {visual_desc}.\n"
+_TEXT_COLUMNS = ("brand", "categories", "description", "features", "text")
+
+
+@dataclass
+class TaskOptions:
+    """What a task needs beyond the dataset (filled from the enrich config)."""
+
+    mode: Literal["recurrent", "direct"] = "recurrent"
+    block_size: int = 3
+    max_history: int = 20
+    image_kind: str = "a cover of a video"
+    max_text_chars: int = 1500
+    limit: int | None = None
+
+
+@dataclass
+class Step:
+    """One generation: the template, its rendered prompt, an optional image and a text fallback."""
+
+    template: PromptTemplate
+    prompt: str
+    image_ref: str | None = None
+    context: dict[str, str] = field(default_factory=dict)
+    fallback: tuple[PromptTemplate, str] | None = None
+    note: str | None = None  # e.g. "text fallback: no image" decided at planning time
+
+
+@dataclass
+class Job:
+    """One output row. ``steps(r, previous_text)`` returns step ``r`` (recurrent tasks chain their steps)."""
+
+    row: dict[str, object]
+    n_steps: int
+    make_step: Callable[[int, str | None], Step]
+    skip_reason: str | None = None
+
+
+def item_texts(items: pl.DataFrame, max_chars: int = 1500) -> list[str]:
+    """The non-title text fields of each item (``"brand: ...; categories: ...; ..."``), vectorised in polars."""
+    parts = []
+    for col in _TEXT_COLUMNS:
+        if col not in items.columns:
+            continue
+        e = pl.col(col)
+        dt = items.schema[col]
+        if isinstance(dt, (pl.List, pl.Array)):
+            e = e.cast(pl.List(pl.Utf8)).list.join(", ")
+        elif dt != pl.Utf8:
+            e = e.cast(pl.Utf8)
+        e = e.str.strip_chars()
+        parts.append(pl.when(e.str.len_chars() > 0).then(pl.lit(f"{col}: ") + e).otherwise(None))
+    if not parts:
+        return [""] * items.height
+    out = items.select(pl.concat_str(parts, separator="; ", ignore_nulls=True).fill_null("").alias("t"))["t"]
+    return [s[:max_chars] for s in out.to_list()]
+
+
+def _items_sorted(ds: DatasetDir) -> pl.DataFrame:
+    return ds.items.sort("item")
+
+
+def item_descriptions(ds: DatasetDir, max_chars: int = 600) -> tuple[np.ndarray, str]:
+    """Per item id (index 0 = padding) the best available description for user-level prompts.
+
+    Uses ``enrich/item-description.parquet`` (status ok) when it exists, else the item's own text, else the
+    title. Returns ``(descriptions, source)``.
+    """
+    items = _items_sorted(ds)
+    ids = items["item"].to_numpy()
+    titles = items["title"].cast(pl.Utf8).fill_null("").to_list() if "title" in items.columns else [""] * len(ids)
+    texts = item_texts(items, max_chars)
+    desc = np.full(ds.n_items + 1, "", dtype=object)
+    desc[ids] = np.asarray([t or ti for t, ti in zip(texts, titles, strict=True)] + [None], dtype=object)[:-1]
+    source = "items text"
+    p = ds.path / "enrich" / "item-description.parquet"
+    if p.exists():
+        df = pl.read_parquet(p, columns=["item", "text", "status"]).filter(
+            (pl.col("status") == "ok") & pl.col("text").is_not_null())
+        if df.height:
+            desc[df["item"].to_numpy()] = np.asarray(
+                [t[:max_chars] for t in df["text"].to_list()] + [None], dtype=object)[:-1]
+            source = "enrich/item-description.parquet (items text where missing)"
+    return desc, source
+
+
+def _clean(s: str) -> str:
+    return " ".join(str(s).split())
+
+
+def _item_jobs(ds: DatasetDir, task: str, opt: TaskOptions) -> list[Job]:
+    items = _items_sorted(ds)
+    ids = items["item"].to_list()
+    titles = [_clean(t) for t in items["title"].cast(pl.Utf8).fill_null("").to_list()] \
+        if "title" in items.columns else [""] * len(ids)
+    texts = [_clean(t) for t in item_texts(items, opt.max_text_chars)]
+    images = items["image"].cast(pl.Utf8).to_list() if "image" in items.columns else [None] * len(ids)
+    T = TEMPLATES
+    fb_desc = T["mmseqrec/description-from-text"]
+    jobs: list[Job] = []
+
+    def image_step(tpl: PromptTemplate, fields: dict, fb: PromptTemplate, ctx: dict, ref: str | None) -> Step:
+        fb_pair = (fb, fb.render(**ctx))
+        if not ref or not str(ref).strip():
+            return Step(fb_pair[0], fb_pair[1], None, ctx, None, note="text fallback: no image")
+        return Step(tpl, tpl.render(**fields), str(ref), ctx, fb_pair)
+
+    for item, title, text, ref in zip(ids, titles, texts, images, strict=True):
+        ctx = {"title": title, "text": text or "unknown"}
+        if task == "item-description":
+            st = image_step(T["mllm-msr/image-summary"], {"image_kind": opt.image_kind}, fb_desc, ctx, ref)
+            jobs.append(Job({"item": item}, 1, lambda r, p, st=st: st))
+        elif task == "item-summary":
+            tpl = T["mllm-msr/text-summary"]
+            st = Step(tpl, tpl.render(**ctx), None, ctx)
+            jobs.append(Job({"item": item}, 1, lambda r, p, st=st: st))
+        elif task == "item-views":
+            tv = T["dmesr/view-text"]
+            tb = T["dmesr/view-both"]
+            steps = {
+                "image": image_step(T["dmesr/view-image"], {}, tv, ctx, ref),
+                "text": Step(tv, tv.render(**ctx), None, ctx),
+                "both": image_step(tb, ctx, tv, ctx, ref),
+            }
+            for view, st in steps.items():
+                jobs.append(Job({"item": item, "view": view}, 1, lambda r, p, st=st: st))
+        elif task == "item-keywords":
+            tt = T["mmsrarec/keywords-text"]
+            steps = {"image": image_step(T["mmsrarec/keywords-image"], {}, tt, ctx, ref),
+                     "text": Step(tt, tt.render(**ctx), None, ctx)}
+            for view, st in steps.items():
+                jobs.append(Job({"item": item, "view": view}, 1, lambda r, p, st=st: st))
+        else:  # pragma: no cover - guarded by plan_task
+            raise ValueError(task)
+    return jobs
+
+
+def _user_jobs(ds: DatasetDir, task: str, opt: TaskOptions) -> tuple[list[Job], str]:
+    split = leave_one_out(ds.sequences)
+    desc, desc_source = item_descriptions(ds)
+    items = _items_sorted(ds)
+    title = np.full(ds.n_items + 1, "", dtype=object)
+    title[items["item"].to_numpy()] = np.asarray(
+        [_clean(t) for t in items["title"].cast(pl.Utf8).fill_null("").to_list()] + [None], dtype=object)[:-1]
+    orig = ds.item_ids()
+    users = ds.users
+    user_names = np.asarray([""] * (ds.n_users + 1), dtype=object)
+    if users is not None and "user_id" in users.columns:
+        user_names[users["user"].to_numpy()] = np.asarray(users["user_id"].cast(pl.Utf8).to_list() + [None],
+                                                          dtype=object)[:-1]
+    jobs: list[Job] = []
+    for u in range(1, ds.n_users + 1):
+        hist = split.train_sequence(u)[-opt.max_history:] if opt.max_history > 0 else split.train_sequence(u)
+        uname = str(user_names[u] or u)
+        if hist.size == 0:
+            jobs.append(Job({"user": u}, 0, lambda r, p: None, skip_reason="no training interactions"))
+            continue
+        if task == "user-preference":
+            def line(k: int, i: int) -> str:
+                return _MSR_ITEM_LINE.format(k=k, item=orig[i], title=title[i], visual_desc=_clean(desc[i]))
+            if opt.mode == "direct":
+                blocks = [hist]
+            else:
+                blocks = [hist[s : s + opt.block_size] for s in range(0, hist.size, opt.block_size)]
+
+            def make(r: int, prev: str | None, blocks=blocks, uname=uname, line=line) -> Step:
+                lines = "".join(line(k + 1, int(i)) for k, i in enumerate(blocks[r]))
+                ctx = {"titles": "; ".join(str(title[int(i)]) for i in blocks[r])}
+                if opt.mode == "direct":
+                    tpl = TEMPLATES["mllm-msr/preference-direct"]
+                    return Step(tpl, tpl.render(user=uname, items=lines), None, ctx)
+                if r == 0:
+                    tpl = TEMPLATES["mllm-msr/preference-first-block"]
+                    return Step(tpl, tpl.render(user=uname, items=lines), None, ctx)
+                tpl = TEMPLATES["mllm-msr/preference-next-block"]
+                ctx["previous"] = prev or ""
+                return Step(tpl, tpl.render(user=uname, items=lines, last_preference=prev or ""), None, ctx)
+
+            jobs.append(Job({"user": u}, len(blocks), make))
+        else:  # user-profile
+            tpl = TEMPLATES["mllmrec/user-profile"]
+            lines = "".join(f"{k + 1}. {title[int(i)]}: {_clean(desc[int(i)])}\n" for k, i in enumerate(hist))
+            st = Step(tpl, tpl.render(items=lines), None,
+                      {"titles": "; ".join(str(title[int(i)]) for i in hist)})
+            jobs.append(Job({"user": u}, 1, lambda r, p, st=st: st))
+    return jobs, desc_source
+
+
+def plan_task(ds: DatasetDir, task: str, opt: TaskOptions) -> tuple[list[Job], dict[str, str]]:
+    """The jobs (one per output row) of ``task`` on ``ds``, plus notes for the summary."""
+    if task not in TASKS:
+        from ..errors import InputError
+
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}", field="--task")
+    if task.startswith("item-"):
+        jobs, notes = _item_jobs(ds, task, opt), {}
+    else:
+        jobs, src = _user_jobs(ds, task, opt)
+        notes = {"item_descriptions": src, "history": "training prefix of leave_one_out (valid/test excluded)",
+                 "max_history": str(opt.max_history)}
+    if opt.limit is not None:  # keep every row (aligned to the vocabulary); rows past the limit are skipped
+        key = "item" if task.startswith("item-") else "user"
+        seen: list[object] = []
+        for job in jobs:
+            rid = job.row[key]
+            if rid not in seen[-1:]:
+                seen.append(rid)
+            if len(seen) > opt.limit:
+                job.n_steps, job.skip_reason = 0, "beyond --limit"
+    return jobs, notes
