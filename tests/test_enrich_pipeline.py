@@ -317,3 +317,35 @@ def test_text_only_backend_gets_text_prompts(ds: Path) -> None:
     assert be.images == [None] * 4
     assert df["template_id"].to_list() == ["mmseqrec/description-from-text"] * 4
     assert df["reason"][0] == "text fallback: backend has no image input"
+
+
+class ContextRecorder(Recorder):
+    """Records the item context a text-grounded backend (offline, echo) would see."""
+
+    uses_context = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts: list[dict] = []
+
+    def generate(self, requests):
+        self.contexts += [dict(r.context) for r in requests]
+        return super().generate(requests)
+
+
+def test_image_only_views_never_see_item_text(ds: Path) -> None:
+    """DMESR's image view (and MMSRARec's image keywords) must come from the image alone, also for
+    text-grounded backends; items without a usable image fall back to the text prompt and its context."""
+    rec = ContextRecorder()
+    run_enrich(ds, EnrichConfig(task="item-views", limit=1), backend=rec, progress=False)
+    by_prompt = dict(zip(rec.prompts, rec.contexts, strict=True))
+    image_prompt = TEMPLATES["dmesr/view-image"].render()
+    assert by_prompt[image_prompt] == {}  # item 1 has a good image: no title, no text
+    assert any(c.get("title") == "Red Shirt" for c in rec.contexts)  # the text/both views keep it
+    # a missing image falls back to the text prompt with the item's text as context
+    rec2 = ContextRecorder()
+    run_enrich(ds, EnrichConfig(task="item-views"), backend=rec2, progress=False)
+    df = read(ds, "item-views").filter((pl.col("item") == 2) & (pl.col("view") == "image"))
+    assert df["template_id"][0] == "dmesr/view-text"
+    fallback_ctx = [c for c in rec2.contexts if c.get("title") == "Blue Cup"]
+    assert len(fallback_ctx) == 3 and all(c.get("text") for c in fallback_ctx)  # image (fallback), text, both

@@ -87,8 +87,11 @@ class _Runner:
         self.img_cache = ds.path / "enrich" / "images"
         self.generated = self.cached = self.failed_now = 0
 
-    def key(self, step_tpl, prompt: str, image_sha: str | None) -> str:
+    def key(self, step_tpl, prompt: str, image_sha: str | None, context: dict[str, str] | None = None) -> str:
+        """Cache key; the item context is part of the input for text-grounded backends (offline, echo)."""
         i = self.backend.info
+        if context and getattr(self.backend, "uses_context", False):
+            prompt = prompt + "\x00" + json.dumps(context, sort_keys=True)
         return make_key(backend=i.backend, model_id=i.model_id, model_revision=i.model_revision,
                         template_id=step_tpl.id, template_version=step_tpl.version, decoding=self.decoding,
                         prompt=prompt, image_sha256=image_sha)
@@ -99,16 +102,17 @@ class _Runner:
             data, why = load_image_bytes(st.image_ref, self.ds.path, self.img_cache, self.cfg.images)
             if data is not None:
                 sha = _sha(data)
-                return _Pending(job, st, self.key(st.template, st.prompt, sha), sha, st.note), data
+                return _Pending(job, st, self.key(st.template, st.prompt, sha, st.context), sha, st.note), data
             return self._fallback(job, st, why), None
         if st.image_ref is not None:  # backend cannot see images
             return self._fallback(job, st, "backend has no image input"), None
-        return _Pending(job, st, self.key(st.template, st.prompt, None), None, st.note), None
+        return _Pending(job, st, self.key(st.template, st.prompt, None, st.context), None, st.note), None
 
     def _fallback(self, job: int, st: Step, why: str) -> _Pending:
         tpl, prompt = st.fallback  # type: ignore[misc]
-        fb = Step(tpl, prompt, None, st.context)
-        return _Pending(job, fb, self.key(tpl, prompt, None), None, f"text fallback: {why}")
+        ctx = st.context if st.fallback_context is None else st.fallback_context
+        fb = Step(tpl, prompt, None, ctx)
+        return _Pending(job, fb, self.key(tpl, prompt, None, ctx), None, f"text fallback: {why}")
 
     def run_round(self, units: list[tuple[int, Step]], results: dict[int, tuple[CacheEntry, str | None]],
                   bar: Any, task_id: Any) -> None:

@@ -203,6 +203,7 @@ class Step:
     context: dict[str, str] = field(default_factory=dict)
     fallback: tuple[PromptTemplate, str] | None = None
     note: str | None = None  # e.g. "text fallback: no image" decided at planning time
+    fallback_context: dict[str, str] | None = None  # context of the text fallback (default: ``context``)
 
 
 @dataclass
@@ -278,11 +279,15 @@ def _item_jobs(ds: DatasetDir, task: str, opt: TaskOptions) -> list[Job]:
     fb_desc = T["mmseqrec/description-from-text"]
     jobs: list[Job] = []
 
-    def image_step(tpl: PromptTemplate, fields: dict, fb: PromptTemplate, ctx: dict, ref: str | None) -> Step:
+    def image_step(tpl: PromptTemplate, fields: dict, fb: PromptTemplate, ctx: dict, ref: str | None,
+                   image_only: bool = False) -> Step:
+        """An image prompt with a text fallback. ``image_only`` steps (a view "from the image alone") carry
+        no item text for text-grounded backends, so the image view never leaks the text view."""
         fb_pair = (fb, fb.render(**ctx))
         if not ref or not str(ref).strip():
             return Step(fb_pair[0], fb_pair[1], None, ctx, None, note="text fallback: no image")
-        return Step(tpl, tpl.render(**fields), str(ref), ctx, fb_pair)
+        return Step(tpl, tpl.render(**fields), str(ref), {} if image_only else ctx, fb_pair,
+                    fallback_context=ctx)
 
     for item, title, text, ref in zip(ids, titles, texts, images, strict=True):
         ctx = {"title": title, "text": text or "unknown"}
@@ -297,7 +302,7 @@ def _item_jobs(ds: DatasetDir, task: str, opt: TaskOptions) -> list[Job]:
             tv = T["dmesr/view-text"]
             tb = T["dmesr/view-both"]
             steps = {
-                "image": image_step(T["dmesr/view-image"], {}, tv, ctx, ref),
+                "image": image_step(T["dmesr/view-image"], {}, tv, ctx, ref, image_only=True),
                 "text": Step(tv, tv.render(**ctx), None, ctx),
                 "both": image_step(tb, ctx, tv, ctx, ref),
             }
@@ -305,7 +310,7 @@ def _item_jobs(ds: DatasetDir, task: str, opt: TaskOptions) -> list[Job]:
                 jobs.append(Job({"item": item, "view": view}, 1, lambda r, p, st=st: st))
         elif task == "item-keywords":
             tt = T["mmsrarec/keywords-text"]
-            steps = {"image": image_step(T["mmsrarec/keywords-image"], {}, tt, ctx, ref),
+            steps = {"image": image_step(T["mmsrarec/keywords-image"], {}, tt, ctx, ref, image_only=True),
                      "text": Step(tt, tt.render(**ctx), None, ctx)}
             for view, st in steps.items():
                 jobs.append(Job({"item": item, "view": view}, 1, lambda r, p, st=st: st))

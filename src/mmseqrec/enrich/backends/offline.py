@@ -54,6 +54,7 @@ class EchoBackend:
     """Deterministic, model-free "generation" from the request's context (for tests and pipeline CI)."""
 
     supports_images = True
+    uses_context = True  # output depends on GenRequest.context (part of the cache key)
 
     def __init__(self, cfg: Any = None, max_chars: int = 400) -> None:
         self.info = BackendInfo("echo", "echo-template", "1")
@@ -202,6 +203,7 @@ class OfflineBackend:
     """EfficientNet-Lite0 tags + SmolLM2-135M-Instruct: a lightweight stand-in for an MLLM (see module doc)."""
 
     supports_images = True
+    uses_context = True  # output depends on GenRequest.context (part of the cache key)
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
