@@ -65,3 +65,23 @@ def test_sampled_negatives_are_real_items_and_loss_is_differentiable():
         assert torch.isfinite(loss)
         (g,) = torch.autograd.grad(loss, h)
         assert (g[t == 0] == 0).all()  # ignored rows get no gradient
+
+
+def test_padding_rows_are_dropped_without_changing_the_loss():
+    """Eager ``ce``/``sampled-softmax``/``gbce`` skip padded rows; the value equals the dense formula."""
+    import torch.nn.functional as F
+
+    from mmseqrec.models.losses import ObjectiveConfig, next_item_loss
+
+    torch.manual_seed(0)
+    h, items = torch.randn(6, 4), torch.randn(8, 4)
+    targets = torch.tensor([0, 3, 0, 0, 7, 1])
+    got = next_item_loss(h, targets, items, ObjectiveConfig(name="ce"))
+    keep = targets > 0
+    want = F.cross_entropy(h[keep] @ items[1:].T, targets[keep] - 1)
+    assert torch.allclose(got, want, atol=1e-6)
+    negs = torch.tensor([2, 5])
+    for name in ("sampled-softmax", "gbce"):
+        cfg = ObjectiveConfig(name=name, n_negatives=2)
+        full = next_item_loss(h[keep], targets[keep], items, cfg, negatives=negs)
+        assert torch.allclose(next_item_loss(h, targets, items, cfg, negatives=negs), full, atol=1e-6)

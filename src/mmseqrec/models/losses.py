@@ -66,6 +66,12 @@ def next_item_loss(h: Tensor, targets: Tensor, items: Tensor, cfg: ObjectiveConf
     negatives : optional explicit negatives (``[M]`` for ``bce``, ``[N]`` otherwise), for tests.
     """
     n_items = items.shape[0] - 1
+    if cfg.name != "bce" and not torch.compiler.is_compiling():
+        # Drop padding rows before the [M, n_items] / [M, N] products (most rows on short-sequence data);
+        # under torch.compile the dense path below keeps shapes static. Same value either way.
+        keep = (targets > 0).nonzero().squeeze(1)
+        if keep.numel() < targets.numel():
+            h, targets = h[keep], targets[keep]
     valid = (targets > 0).to(torch.float32)
     denom = valid.sum().clamp(min=1.0)
     tgt = targets.clamp(min=1)
