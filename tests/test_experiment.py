@@ -91,3 +91,26 @@ def test_grid_validation_errors(tmp_path):
     bad.write_text(yaml.safe_dump({"datasets": {"a": "x"}, "protocols": ["sampled"]}))
     with pytest.raises(InputError):
         load_grid(bad)
+
+
+def test_longtail_cli_on_a_trained_run(grid_file, tmp_path, capsys):
+    """`mmseqrec longtail RUN` splits the run's test cases into user-length and popularity groups."""
+    from mmseqrec.cli import main
+
+    torch.set_num_threads(1)
+    grid = load_grid(grid_file, ["seeds=[1]", "backbones=[sasrec]", "protocols=[full]"])
+    runs = run_grid(grid, tmp_path / "out", progress=False)
+    run_dir = runs[0].run_dir
+    capsys.readouterr()
+    try:
+        main(["longtail", str(run_dir), "--user-thresholds", "5", "--item-thresholds", "3,1000", "--json"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    rows = json.loads(capsys.readouterr().out)
+    n_cases = pl.read_parquet(run_dir / "ranks.parquet").height
+    by = {}
+    for r in rows:
+        by.setdefault(r["by"], 0)
+        by[r["by"]] += r["n"]
+    assert by == {"user_length": n_cases, "item_popularity": n_cases}
+    assert [r["group"] for r in rows if r["by"] == "item_popularity"] == ["<3", "[3,1000)", ">=1000"]

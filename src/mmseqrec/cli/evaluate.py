@@ -77,3 +77,58 @@ def register(app: typer.Typer) -> None:
                     continue
                 table.add_row(name, f"{mean:.4f} ± {std:.4f}")
             console.print(table)
+
+    @app.command("longtail")
+    def longtail_cmd(
+        run: Annotated[Path, typer.Argument(help="Run directory (reads ranks.parquet, config.yaml, the dataset).")],
+        preset: Annotated[str, typer.Option(
+            help="Thresholds: llmesr-yelp (12/13), llmesr-fashion (3/4), llmesr-beauty (9/4), llmesr-5group.")]
+            = "llmesr-beauty",
+        user_thresholds: Annotated[str | None, typer.Option(
+            help="Override: comma-separated training-length thresholds, e.g. 5,10,20.")] = None,
+        item_thresholds: Annotated[str | None, typer.Option(
+            help="Override: comma-separated target-popularity thresholds.")] = None,
+        popularity: Annotated[str, typer.Option(
+            help="Count popularity on 'train' interactions (default) or 'all' (LLM-ESR's way).")] = "train",
+        k: Annotated[list[int] | None, typer.Option("-k", help="Cut-offs (repeatable).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ) -> None:
+        """Long-tail breakdown of a run's test ranks: metrics per user-length group and per item-popularity group
+        (groups use LLM-ESR's strict '<' rule; lengths are training-sequence lengths)."""
+        import polars as pl
+
+        from ..data.dataset import DatasetDir
+        from ..data.split import leave_one_out
+        from ..errors import InputError
+        from ..evaluate.longtail import LongTailConfig, longtail_for_split
+        from ..train.config import load_experiment
+
+        if not (run / "ranks.parquet").exists() or not (run / "config.yaml").exists():
+            raise InputError("not a trained run directory (needs ranks.parquet and config.yaml)", file=run)
+        cfg = load_experiment(run / "config.yaml")
+        split = leave_one_out(DatasetDir(cfg.data.path).sequences, cfg.data.min_len)
+        if popularity not in ("train", "all"):
+            raise InputError(f"--popularity must be train or all, got {popularity!r}", field="--popularity")
+        lt = LongTailConfig.preset(preset, popularity=popularity)  # type: ignore[arg-type]
+
+        def _ints(text: str, field: str) -> list[int]:
+            try:
+                return [int(x) for x in text.split(",") if x.strip()]
+            except ValueError:
+                raise InputError(f"expected comma-separated integers, got {text!r}", field=field) from None
+
+        if user_thresholds:
+            lt = lt.model_copy(update={"user_thresholds": _ints(user_thresholds, "--user-thresholds")})
+        if item_thresholds:
+            lt = lt.model_copy(update={"item_thresholds": _ints(item_thresholds, "--item-thresholds")})
+        lt = LongTailConfig.model_validate(lt.model_dump())
+        table_df = longtail_for_split(pl.read_parquet(run / "ranks.parquet"), split, lt, tuple(k or [10]))
+        if as_json:
+            typer.echo(json.dumps(table_df.to_dicts(), indent=2))
+            return
+        table = Table(title=f"Long-tail breakdown of {run} ({preset}, popularity={popularity})")
+        for col in table_df.columns:
+            table.add_column(col, justify="left" if table_df[col].dtype == pl.Utf8 else "right")
+        for row in table_df.iter_rows():
+            table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+        Console(width=120).print(table)
