@@ -347,3 +347,13 @@ def _locate_in_block(block: bytes, first: int, path: Path, fields: dict | None) 
             if name in obj and obj[name] is not None and not isinstance(obj[name], types):
                 return InputError(f"unexpected value {obj[name]!r}", file=path, line=lineno, field=name)
     return InputError("could not parse the file as JSON lines", file=path, line=first)
+
+
+def split_whitespace_lines(lines: pl.DataFrame) -> pl.DataFrame:
+    """``lineno, line`` -> ``lineno, p`` (the line's whitespace-separated tokens), blank lines dropped."""
+    parts = lines.select(
+        pl.col("lineno"),
+        pl.col("line").str.replace_all(r"\s+", " ").str.strip_chars().str.split(" ").alias("p"),
+    )
+    parts = parts.with_columns(pl.col("p").list.eval(pl.element().filter(pl.element() != "")))
+    return parts.filter(pl.col("p").list.len() > 0)

@@ -12,7 +12,7 @@ import polars as pl
 
 from ...errors import InputError
 from ..raw import RawData
-from .base import ReaderOptions, expand_paths, read_lines, reading
+from .base import ReaderOptions, expand_paths, read_lines, reading, split_whitespace_lines
 
 __all__ = ["read"]
 
@@ -24,12 +24,7 @@ def read(paths: list[Path], opts: ReaderOptions) -> RawData:
     for p in files:
         with reading(p.name):
             lines = read_lines(p)
-        parts = lines.select(
-            pl.col("lineno"),
-            pl.col("line").str.replace_all(r"\s+", " ").str.strip_chars().str.split(" ").alias("p"),
-        )
-        parts = parts.with_columns(pl.col("p").list.eval(pl.element().filter(pl.element() != "")))
-        parts = parts.filter(pl.col("p").list.len() > 0)
+        parts = split_whitespace_lines(lines)
         bad = parts.filter(pl.col("p").list.len() != 2)
         if bad.height:
             raise InputError(
