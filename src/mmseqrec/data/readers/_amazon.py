@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 
 from ...errors import InputError
-from .base import check_not_null, first_line, read_ndjson_blocks
+from ..raw import RawData
+from .base import check_not_null, expand_paths, first_line, read_ndjson_blocks, reading
 
-__all__ = ["join_list", "parse_price", "read_reviews", "split_reviews_meta"]
+__all__ = ["join_list", "parse_price", "read_amazon", "read_reviews", "split_reviews_meta"]
 
 
 def split_reviews_meta(
@@ -99,3 +101,15 @@ def parse_price(col: str) -> pl.Expr:
         .cast(pl.Float64, strict=False)
         .alias(col)
     )
+
+
+def read_amazon(paths: list[Path], fmt: str, *, user: str, item: str, time: str, rating: str,
+                read_meta: Callable[[list[Path]], pl.DataFrame | None], timestamp_unit: str,
+                python_meta: bool = False, options: dict[str, object] | None = None) -> RawData:
+    """Shared body of the Amazon readers: split review/meta files, stream the reviews, read the meta."""
+    files = expand_paths(paths, fmt)
+    review_files, meta_files = split_reviews_meta(files, user, python_meta=python_meta)
+    with reading(", ".join(p.name for p in review_files)):
+        inter = read_reviews(review_files, user=user, item=item, time=time, rating=rating)
+    return RawData(interactions=inter, items=read_meta(meta_files), source_files=files, format=fmt,
+                   options={**(options or {}), "timestamp_unit": timestamp_unit})

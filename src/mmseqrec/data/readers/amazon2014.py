@@ -16,8 +16,8 @@ import polars as pl
 
 from ...errors import InputError
 from ..raw import RawData
-from ._amazon import read_reviews, split_reviews_meta
-from .base import ReaderOptions, expand_paths, open_text, reading
+from ._amazon import read_amazon
+from .base import ReaderOptions, open_text
 
 __all__ = ["parse_meta_line", "read"]
 
@@ -107,16 +107,5 @@ def read_meta(paths: list[Path]) -> pl.DataFrame | None:
 
 
 def read(paths: list[Path], opts: ReaderOptions) -> RawData:
-    files = expand_paths(paths, "amazon2014")
-    review_files, meta_files = split_reviews_meta(files, "reviewerID", python_meta=True)
-    with reading(", ".join(p.name for p in review_files)):
-        inter = read_reviews(
-            review_files, user="reviewerID", item="asin", time="unixReviewTime", rating="overall"
-        )
-    return RawData(
-        interactions=inter,
-        items=read_meta(meta_files),
-        source_files=files,
-        format="amazon2014",
-        options={"timestamp_unit": "s"},
-    )
+    return read_amazon(paths, "amazon2014", user="reviewerID", item="asin", time="unixReviewTime", rating="overall",
+                       read_meta=read_meta, timestamp_unit="s", python_meta=True)

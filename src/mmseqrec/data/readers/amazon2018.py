@@ -12,8 +12,8 @@ from pathlib import Path
 import polars as pl
 
 from ..raw import RawData
-from ._amazon import join_list, parse_price, read_reviews, split_reviews_meta
-from .base import ReaderOptions, collect, expand_paths, reading
+from ._amazon import join_list, parse_price, read_amazon
+from .base import ReaderOptions, collect, reading
 
 __all__ = ["META_SCHEMA", "read"]
 
@@ -58,16 +58,5 @@ def read_meta(paths: list[Path]) -> pl.DataFrame | None:
 
 
 def read(paths: list[Path], opts: ReaderOptions) -> RawData:
-    files = expand_paths(paths, "amazon2018")
-    review_files, meta_files = split_reviews_meta(files, "reviewerID")
-    with reading(", ".join(p.name for p in review_files)):
-        inter = read_reviews(
-            review_files, user="reviewerID", item="asin", time="unixReviewTime", rating="overall"
-        )
-    return RawData(
-        interactions=inter,
-        items=read_meta(meta_files),
-        source_files=files,
-        format="amazon2018",
-        options={"timestamp_unit": "s"},
-    )
+    return read_amazon(paths, "amazon2018", user="reviewerID", item="asin", time="unixReviewTime", rating="overall",
+                       read_meta=read_meta, timestamp_unit="s")

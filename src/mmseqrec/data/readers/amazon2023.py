@@ -15,8 +15,8 @@ from pathlib import Path
 import polars as pl
 
 from ..raw import RawData
-from ._amazon import join_list, parse_price, read_reviews, split_reviews_meta
-from .base import ReaderOptions, collect, expand_paths, reading
+from ._amazon import join_list, parse_price, read_amazon
+from .base import ReaderOptions, collect, reading
 
 __all__ = ["META_SCHEMA", "read"]
 
@@ -67,16 +67,5 @@ def read_meta(paths: list[Path]) -> pl.DataFrame | None:
 
 
 def read(paths: list[Path], opts: ReaderOptions) -> RawData:
-    files = expand_paths(paths, "amazon2023")
-    review_files, meta_files = split_reviews_meta(files, "user_id")
-    with reading(", ".join(p.name for p in review_files)):
-        inter = read_reviews(
-            review_files, user="user_id", item="parent_asin", time="timestamp", rating="rating"
-        )
-    return RawData(
-        interactions=inter,
-        items=read_meta(meta_files),
-        source_files=files,
-        format="amazon2023",
-        options={"item_key": "parent_asin", "timestamp_unit": "ms"},
-    )
+    return read_amazon(paths, "amazon2023", user="user_id", item="parent_asin", time="timestamp", rating="rating",
+                       read_meta=read_meta, timestamp_unit="ms", options={"item_key": "parent_asin"})
