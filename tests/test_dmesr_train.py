@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
+from helpers import write_cycle_dataset
 
 from mmseqrec.cli.train import build_experiment
 from mmseqrec.embed.store import save_embedding
@@ -20,23 +20,7 @@ N_ITEMS, N_USERS, SEQ_LEN = 30, 60, 10
 
 def write_dataset(root: Path) -> Path:
     """Users walk the item cycle with step 1 or 2 (learnable from the last two items)."""
-    rng = np.random.default_rng(0)
-    users, items, ts = [], [], []
-    for u in range(1, N_USERS + 1):
-        start, step = rng.integers(0, N_ITEMS), 1 + (u % 2)
-        users += [u] * SEQ_LEN
-        items += ((start + step * np.arange(SEQ_LEN)) % N_ITEMS + 1).tolist()
-        ts += list(range(1000 * u, 1000 * u + SEQ_LEN))
-    root.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"user": pl.Series(users, dtype=pl.Int32), "item": pl.Series(items, dtype=pl.Int32),
-                  "timestamp": pl.Series(ts, dtype=pl.Int64)}).write_parquet(root / "interactions.parquet")
-    pl.DataFrame({"item": pl.Series(range(1, N_ITEMS + 1), dtype=pl.Int32),
-                  "item_id": [f"i{i}" for i in range(1, N_ITEMS + 1)],
-                  "title": [f"Item {i}" for i in range(1, N_ITEMS + 1)]}).write_parquet(root / "items.parquet")
-    pl.DataFrame({"user": pl.Series(range(1, N_USERS + 1), dtype=pl.Int32),
-                  "user_id": [f"u{u}" for u in range(1, N_USERS + 1)]}).write_parquet(root / "users.parquet")
-    (root / "manifest.json").write_text(json.dumps({"format": "synthetic", "n_users": N_USERS,
-                                                    "n_items": N_ITEMS, "n_interactions": len(items)}))
+    write_cycle_dataset(root, N_USERS, N_ITEMS, SEQ_LEN)
     # embedding stores: three MLLM prompt views + the original text (random but fixed features, 40-d)
     for k, name in enumerate(["views-image", "views-text", "views-both", "text"]):
         m = np.random.default_rng(10 + k).normal(size=(N_ITEMS + 1, 40)).astype(np.float32)

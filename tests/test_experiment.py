@@ -24,10 +24,10 @@ def test_per_case_values_hand_computed():
 
 @pytest.fixture(scope="module")
 def grid_file(tmp_path_factory):
-    from test_train_e2e import write_dataset
+    from helpers import write_cycle_dataset
 
     root = tmp_path_factory.mktemp("exp")
-    data = write_dataset(root / "ds")
+    data = write_cycle_dataset(root / "ds", n_users=120, n_items=30, seq_len=12)
     grid = {
         "name": "tiny",
         "datasets": {"cycle": str(data)},

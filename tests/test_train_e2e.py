@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from helpers import write_cycle_dataset
 
-import mmseqrec.evaluate as ev
 from mmseqrec.cli import main
 from mmseqrec.cli.train import build_experiment
 from mmseqrec.data.dataset import SequenceData
@@ -23,64 +22,9 @@ torch.set_num_threads(1)
 N_ITEMS, N_USERS, SEQ_LEN = 30, 120, 12
 
 
-# ----------------------------------------------------------------------------- evaluation stand-in
-def _standin_evaluate_ranking(score_fn, evalset, seqs, protocol, ks=(5, 10, 20), *, exclude_history=False,
-                              max_len=200, batch_size=512, device="cpu", item_popularity=None):
-    """Minimal private stand-in for mmseqrec.evaluate.evaluate_ranking (used only if it is missing)."""
-    hist = torch.from_numpy(left_padded(seqs.items, seqs.indptr[evalset.users], evalset.hist_end, max_len))
-    tgt = torch.from_numpy(evalset.targets)
-    if protocol.kind == "full":
-        s = score_fn(hist, None)
-        ranks = (s[:, 1:] >= s.gather(1, tgt[:, None])).sum(1) - 1
-    else:
-        g = torch.Generator().manual_seed(protocol.seed)
-        neg = torch.randint(1, seqs.n_items + 1, (tgt.numel(), protocol.n), generator=g)
-        s = score_fn(hist, torch.cat([tgt[:, None], neg], 1))
-        ranks = (s[:, 1:] >= s[:, :1]).sum(1)
-    r = ranks.numpy()
-    m = {}
-    for k in ks:
-        m[f"HR@{k}"] = float((r < k).mean())
-        m[f"NDCG@{k}"] = float(np.where(r < k, 1 / np.log2(r + 2), 0).mean())
-    frame = pl.DataFrame({"user": evalset.users, "target": evalset.targets, "rank": r})
-    return SimpleNamespace(metrics=m, ranks=r, users=evalset.users, targets=evalset.targets,
-                           protocol=str(protocol), to_frame=lambda: frame,
-                           save_ranks=lambda p: frame.write_parquet(p))
-
-
-@pytest.fixture(autouse=True)
-def _evaluation_api(monkeypatch):
-    if not hasattr(ev, "evaluate_ranking"):
-        monkeypatch.setattr(ev, "evaluate_ranking", _standin_evaluate_ranking, raising=False)
-    if not hasattr(ev, "Protocol"):
-        from mmseqrec.evaluate.protocol import Protocol
-
-        monkeypatch.setattr(ev, "Protocol", Protocol, raising=False)
-
-
 # ----------------------------------------------------------------------------- synthetic dataset
 def write_dataset(root: Path) -> Path:
-    """Each user walks the item cycle with a step of 1 or 2 from a random start: the next item is
-    predictable from the last two, so a sequence model must beat random (HR@10 = 1/3) by far."""
-    rng = np.random.default_rng(0)
-    users, items, ts = [], [], []
-    for u in range(1, N_USERS + 1):
-        start, step = rng.integers(0, N_ITEMS), 1 + (u % 2)
-        seq = (start + step * np.arange(SEQ_LEN)) % N_ITEMS + 1
-        users += [u] * SEQ_LEN
-        items += seq.tolist()
-        ts += list(range(1000 * u, 1000 * u + SEQ_LEN))
-    root.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"user": pl.Series(users, dtype=pl.Int32), "item": pl.Series(items, dtype=pl.Int32),
-                  "timestamp": pl.Series(ts, dtype=pl.Int64)}).write_parquet(root / "interactions.parquet")
-    pl.DataFrame({"item": pl.Series(range(1, N_ITEMS + 1), dtype=pl.Int32),
-                  "item_id": [f"i{i}" for i in range(1, N_ITEMS + 1)],
-                  "title": [f"Item {i}" for i in range(1, N_ITEMS + 1)]}).write_parquet(root / "items.parquet")
-    pl.DataFrame({"user": pl.Series(range(1, N_USERS + 1), dtype=pl.Int32),
-                  "user_id": [f"u{u}" for u in range(1, N_USERS + 1)]}).write_parquet(root / "users.parquet")
-    (root / "manifest.json").write_text(json.dumps({"format": "synthetic", "n_users": N_USERS,
-                                                    "n_items": N_ITEMS, "n_interactions": len(items)}))
-    return root
+    return write_cycle_dataset(root, N_USERS, N_ITEMS, SEQ_LEN)
 
 
 @pytest.fixture(scope="module")
