@@ -176,6 +176,24 @@ def test_dmesr_shapes(fusion, use_id):
         assert torch.equal(mixed, views)
 
 
+@pytest.mark.parametrize("fusion", ["item", "sequence"])
+def test_fusion_norm_gain_keeps_fused_vectors_at_embedding_scale(fusion):
+    """Regression: with LayerNorm gain 1 the fused vectors had norm sqrt(d), so after the backbones'
+    ``x * sqrt(d)`` the positional embeddings were drowned and DMESR + BERT4Rec trained to near random."""
+    d = 64
+    for gain, want in (("embedding", 1.0), ("unit", math.sqrt(d))):
+        torch.manual_seed(0)
+        enc = DmesrEncoder(DmesrConfig(dim=d, heads=2, fusion=fusion, layernorm=True, fusion_norm_gain=gain),
+                           features())
+        if fusion == "item":
+            rows = enc.table()[:, 1:]
+        else:
+            ids = torch.arange(1, N + 1).view(1, -1)
+            rows = enc.mix_sequence(enc.encode(ids), ids != 0)[:, 0]
+        norms = rows.norm(dim=-1)
+        assert norms.mean().item() == pytest.approx(want, rel=0.05), gain
+
+
 def test_padded_text_tokens_never_attended():
     enc = encoder()
     tab = enc.table()
@@ -304,7 +322,11 @@ def test_build_from_tensors_and_input_errors():
     # PCA initialisation of the ID view from the "both" view
     from mmseqrec.models.llmesr import pca_init
 
-    torch.testing.assert_close(enc.id_table.detach(), pca_init(f["both"], D))
+    ref = pca_init(f["both"], D)
+    torch.testing.assert_close(enc.id_table.detach(), ref / ref[1:].norm(dim=1).mean())  # id_init_scale: unit
+    assert enc.id_table[1:].norm(dim=1).mean().item() == pytest.approx(1.0)
+    raw = build_dmesr(cfg.model_copy(update={"id_init_scale": "raw"}), n_items=N, extra_tokens=0, tensors=tensors)
+    torch.testing.assert_close(raw.id_table.detach(), ref)
     with pytest.raises(InputError, match="was not loaded"):
         build_dmesr(cfg, n_items=N, extra_tokens=0, tensors={k: v for k, v in tensors.items() if k != "views-both"})
     with pytest.raises(InputError, match="token-level"):

@@ -44,6 +44,8 @@ def _cfg(data_dir, encoder: str, extra=()):
 @pytest.mark.parametrize(("encoder", "extra"), [
     ("dmesr", ["item_encoder.use_id_view=true"]),
     ("llmesr", ["item_encoder.embedding=views-both", "regularizers=[{name: self-distill, n_sim: 3}]"]),
+    ("llmesr", ["item_encoder.embedding=views-both",
+                "regularizers=[{name: self-distill, n_sim: 3, teacher: epoch}]"]),
     ("llmemb", ["item_encoder.embedding=text"]),
 ])
 def test_train_and_reload(data_dir, tmp_path, encoder, extra):

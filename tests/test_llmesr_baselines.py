@@ -106,6 +106,49 @@ def test_self_distillation_hand_case():
     assert model.seen[-1].tolist() == [[0, 4, 5], [7, 8, 9], [1, 2, 3], [0, 4, 5]]  # bidirectional: whole window
 
 
+def test_self_distillation_epoch_teacher_uses_cached_eval_states():
+    windows = torch.tensor([[0, 0, 0, 0], [0, 1, 2, 3], [0, 0, 4, 5], [0, 7, 8, 9], [0, 0, 0, 2]])
+    sim = torch.tensor([[1, 2, 3], [2, 3, 4], [1, 3, 4], [1, 2, 4], [1, 2, 3]])
+    sd = SelfDistillation(sim, windows, n_sim=2, alpha=0.1, teacher="epoch", chunk=2)
+
+    class Stub(_StubModel):
+        training = True
+        modes: list = []
+
+        class item_encoder:
+            @staticmethod
+            def table():
+                return None
+
+        def eval(self):
+            self.training = False
+            return self
+
+        def train(self, mode=True):
+            self.training = mode
+            return self
+
+        def user_states(self, ids, table=None):
+            self.modes.append(self.training)
+            return super().user_states(ids)
+
+    model = Stub()
+
+    class B:
+        users = torch.tensor([1, 3])
+
+    sd.on_epoch_start(model)
+    assert model.training and model.modes == [False, False, False]  # 5 users in chunks of 2, eval mode
+    assert sd.cache.shape == (5, 2)
+    # same teachers as the per-step hand case: (9.5, 1.5) and (3.5, 1.5), now read from the cache
+    out = sd(model, B, torch.tensor([[10.0, 1.0], [0.0, 0.0]]))
+    mse = ((10 - 9.5) ** 2 + (1 - 1.5) ** 2 + 3.5 ** 2 + 1.5 ** 2) / 4
+    assert out["distill"].item() == pytest.approx(0.1 * mse)
+    assert len(model.seen) == 3  # no forward pass per step
+    with pytest.raises(ValueError, match="teacher"):
+        SelfDistillation(sim, windows, teacher="batch")
+
+
 def test_self_distillation_build_uses_item_embeddings():
     item_emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
     windows = torch.tensor([[0, 0], [0, 1], [0, 2], [1, 3], [2, 2]])

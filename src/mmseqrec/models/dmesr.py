@@ -77,6 +77,10 @@ class DmesrConfig(Config):
     residual, layernorm : cross-attention output options; ``None`` = per fusion default (item: both on;
         sequence: both off, as LLM-ESR).
     fusion_dropout : dropout in the cross-attention.
+    fusion_norm_gain : initial gain of the fusion LayerNorm: ``embedding`` (``dim ** -0.5``: fused vectors start
+        at norm 1, the scale of an ID embedding table, so the backbones' positional embeddings still count) or
+        ``unit`` (PyTorch's default 1: norm ``sqrt(dim)``; BERT4Rec then loses the positions, see
+        ``docs/results.md``).
     text_kv : what the text attends to at item level: the prompt ``views`` as tokens or the ``pooled`` MLLM view.
     causal : causal mask of the sequence-level fusion (LLM-ESR: off; on here so seq-to-seq training cannot
         see future items).
@@ -84,6 +88,9 @@ class DmesrConfig(Config):
     use_id_view : add a learned ID view.
     id_init : ``pca`` (PCA of ``id_pca_view``, as LLM-ESR) or ``xavier``.
     id_pca_view : which semantic view the PCA uses (``auto``: both, then text, image, raw).
+    id_init_scale : ``unit`` (PCA scores rescaled to a mean row norm of 1, the embedding scale the backbones
+        expect; reconstructed) or ``raw`` (the PCA scores as they are: fine for unit-norm LLM embeddings as in
+        LLM-ESR, far too large for un-normalised features such as EfficientNet's).
     ablation : preset applied on top of the options (:meth:`resolved`).
     """
 
@@ -110,12 +117,14 @@ class DmesrConfig(Config):
     residual: bool | None = None
     layernorm: bool | None = None
     fusion_dropout: float = Field(0.0, ge=0, lt=1)
+    fusion_norm_gain: Literal["embedding", "unit"] = "embedding"
     text_kv: Literal["views", "pooled"] = "views"
     causal: bool = True
     combine: Literal["concat", "gated"] = "concat"
     use_id_view: bool = False
     id_init: Literal["pca", "xavier"] = "pca"
     id_pca_view: Literal["auto", "image", "text", "both", "raw"] = "auto"
+    id_init_scale: Literal["unit", "raw"] = "unit"
     ablation: Ablation = "none"
 
     @model_validator(mode="after")
@@ -264,11 +273,13 @@ class DmesrEncoder(ItemEncoder):
             self.tok_adapter = None if same else adapter(int(raw_tokens.shape[2]))
         # fusion
         self.item_fusion = self.seq_fusion = None
+        gain = d ** -0.5 if r.fusion_norm_gain == "embedding" else 1.0
         if r.fusion == "item":
-            self.item_fusion = ItemFusion(d, r.heads, bool(r.residual), bool(r.layernorm), r.fusion_dropout)
+            self.item_fusion = ItemFusion(d, r.heads, bool(r.residual), bool(r.layernorm), r.fusion_dropout,
+                                          norm_gain=gain)
         elif r.fusion == "sequence":
             self.seq_fusion = SequenceFusion(d, r.heads, bool(r.residual), bool(r.layernorm), r.fusion_dropout,
-                                             r.causal)
+                                             r.causal, norm_gain=gain)
         # ID view
         self.id_table: nn.Parameter | None = None
         if r.use_id_view:
@@ -279,6 +290,8 @@ class DmesrEncoder(ItemEncoder):
                 if pv is None or pv not in features:
                     raise ValueError(f"id_init: pca needs the {pv!r} feature matrix")
                 id_init = pca_init(features[pv], d)
+                if r.id_init_scale == "unit":
+                    id_init = id_init / id_init[1:].norm(dim=1).mean().clamp(min=1e-12)
             if id_init is not None:
                 if tuple(id_init.shape) != (self.n_items + 1, d):
                     raise ValueError(f"id_init must be [{self.n_items + 1}, {d}], got {tuple(id_init.shape)}")

@@ -36,10 +36,15 @@ class CrossAttention(nn.Module):
     residual : add the query to the output (LLM-ESR: no, ``1 * cross + 0 * orig``).
     layernorm : LayerNorm on the output (after the residual).
     dropout : dropout on the attention weights and on the projected output.
+    norm_gain : initial gain of the LayerNorm. ``1`` (PyTorch's default) gives outputs of norm ``sqrt(dim)``;
+        ``dim ** -0.5`` gives norm 1, the scale of an embedding table that the backbones' ``x * sqrt(d) +
+        position`` input expects (with gain 1 the positions are drowned and BERT4Rec cannot tell the mask
+        token's position).
     """
 
     def __init__(self, dim: int, heads: int = 2, qkv_bias: bool = False, out_bias: bool = True,
-                 residual: bool = False, layernorm: bool = False, dropout: float = 0.0) -> None:
+                 residual: bool = False, layernorm: bool = False, dropout: float = 0.0,
+                 norm_gain: float = 1.0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by heads={heads}")
@@ -50,6 +55,8 @@ class CrossAttention(nn.Module):
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
         self.out = nn.Linear(dim, dim, bias=out_bias)
         self.norm: nn.Module = nn.LayerNorm(dim) if layernorm else nn.Identity()
+        if layernorm:
+            nn.init.constant_(self.norm.weight, float(norm_gain))
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         for lin in (self.q, self.k, self.v, self.out):
             nn.init.xavier_normal_(lin.weight)
@@ -104,14 +111,14 @@ class ItemFusion(nn.Module):
 
     Parameters
     ----------
-    dim, heads, residual, layernorm, dropout, qkv_bias : see :class:`CrossAttention`.
+    dim, heads, residual, layernorm, dropout, qkv_bias, norm_gain : see :class:`CrossAttention`.
     """
 
     def __init__(self, dim: int, heads: int = 2, residual: bool = True, layernorm: bool = True,
-                 dropout: float = 0.0, qkv_bias: bool = False) -> None:
+                 dropout: float = 0.0, qkv_bias: bool = False, norm_gain: float = 1.0) -> None:
         super().__init__()
         kw = {"heads": heads, "qkv_bias": qkv_bias, "out_bias": True, "residual": residual,
-              "layernorm": layernorm, "dropout": dropout}
+              "layernorm": layernorm, "dropout": dropout, "norm_gain": norm_gain}
         self.mllm_to_text = CrossAttention(dim, **kw)
         self.text_to_mllm = CrossAttention(dim, **kw)
 
@@ -147,15 +154,15 @@ class SequenceFusion(nn.Module):
 
     Parameters
     ----------
-    dim, heads, residual, layernorm, dropout : see :class:`CrossAttention` (biases as LLM-ESR).
+    dim, heads, residual, layernorm, dropout, norm_gain : see :class:`CrossAttention` (biases as LLM-ESR).
     causal : add a causal mask (LLM-ESR: none, only key padding).
     """
 
     def __init__(self, dim: int, heads: int = 2, residual: bool = False, layernorm: bool = False,
-                 dropout: float = 0.0, causal: bool = True) -> None:
+                 dropout: float = 0.0, causal: bool = True, norm_gain: float = 1.0) -> None:
         super().__init__()
         kw = {"heads": heads, "qkv_bias": False, "out_bias": True, "residual": residual,
-              "layernorm": layernorm, "dropout": dropout}
+              "layernorm": layernorm, "dropout": dropout, "norm_gain": norm_gain}
         self.causal = bool(causal)
         self.ab = CrossAttention(dim, **kw)
         self.ba = CrossAttention(dim, **kw)

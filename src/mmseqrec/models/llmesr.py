@@ -389,6 +389,10 @@ class SelfDistillationConfig(Config):
     n_retrieve : neighbours retrieved per user (LLM-ESR: 100).
     n_sim : neighbours used per step (LLM-ESR: 10, the first ones).
     alpha : loss weight (LLM-ESR: 0.1).
+    teacher : ``step`` (LLM-ESR: every step the ``n_sim`` neighbours' sequences go through the model in train
+        mode without gradient, ``n_sim`` extra forward passes per batch) or ``epoch`` (reconstructed, cheaper:
+        every user's state is computed once at the start of each epoch in eval mode and the teacher is the mean
+        of the cached neighbour states; about one extra forward pass over the users per epoch).
     """
 
     name: Literal["self-distill"] = "self-distill"
@@ -396,6 +400,7 @@ class SelfDistillationConfig(Config):
     n_retrieve: int = Field(100, ge=1)
     n_sim: int = Field(10, ge=1)
     alpha: float = Field(0.1, ge=0)
+    teacher: Literal["step", "epoch"] = "step"
 
 
 class SelfDistillation(nn.Module):
@@ -408,25 +413,55 @@ class SelfDistillation(nn.Module):
         models its last column is the final next-item target and is dropped, matching the student's input).
     n_sim : neighbours used (``<= K``).
     alpha : loss weight.
+    teacher : ``step`` or ``epoch`` (see :class:`SelfDistillationConfig`).
+    chunk : users per forward pass when the ``epoch`` cache is built.
     """
 
-    def __init__(self, sim_users: Tensor, train_seqs: Tensor, n_sim: int = 10, alpha: float = 0.1) -> None:
+    def __init__(self, sim_users: Tensor, train_seqs: Tensor, n_sim: int = 10, alpha: float = 0.1,
+                 teacher: str = "step", chunk: int = 512) -> None:
         super().__init__()
         if sim_users.shape[0] != train_seqs.shape[0]:
             raise ValueError("sim_users and train_seqs must have one row per user id")
+        if teacher not in ("step", "epoch"):
+            raise ValueError(f"teacher must be 'step' or 'epoch', got {teacher!r}")
         self.n_sim, self.alpha = min(int(n_sim), int(sim_users.shape[1])), float(alpha)
+        self.mode, self.chunk = teacher, int(chunk)
         self.register_buffer("sim_users", sim_users.long(), persistent=False)
         self.register_buffer("train_seqs", train_seqs.long(), persistent=False)
+        self.cache: Tensor | None = None  # [n_users + 1, V*d] user states (teacher: epoch)
 
-    def teacher(self, model: SequenceModel, users: Tensor) -> Tensor:
-        """Mean-pooled states ``[B, V*d]`` of the users' first ``n_sim`` neighbours (no gradient)."""
-        sim = self.sim_users[users, : self.n_sim]  # [B, n]
-        seqs = self.train_seqs[sim.reshape(-1)]
+    @staticmethod
+    def _inputs(model: SequenceModel, seqs: Tensor) -> Tensor:
         if not model.bidirectional:
             seqs = seqs[:, :-1]
         real = (seqs != 0).any(0)
         if bool(real.any()):
             seqs = seqs[:, int(real.int().argmax()):]  # drop all-padding leading columns
+        return seqs
+
+    def on_epoch_start(self, model: SequenceModel) -> None:
+        """``teacher: epoch``: cache every user's state with the current weights (eval mode, no gradient)."""
+        if self.mode != "epoch":
+            return
+        was_training = model.training
+        model.eval()
+        out = []
+        with torch.no_grad():
+            table = model.item_encoder.table()
+            for i in range(0, self.train_seqs.shape[0], self.chunk):
+                out.append(model.user_states(self._inputs(model, self.train_seqs[i: i + self.chunk]), table))
+        model.train(was_training)
+        self.cache = torch.cat(out).float()
+
+    def teacher(self, model: SequenceModel, users: Tensor) -> Tensor:
+        """Mean-pooled states ``[B, V*d]`` of the users' first ``n_sim`` neighbours (no gradient)."""
+        sim = self.sim_users[users, : self.n_sim]  # [B, n]
+        if self.mode == "epoch":
+            if self.cache is None:
+                self.on_epoch_start(model)
+            assert self.cache is not None
+            return self.cache[sim].mean(1)
+        seqs = self._inputs(model, self.train_seqs[sim.reshape(-1)])
         with torch.no_grad():
             states = model.user_states(seqs)
         return states.view(sim.shape[0], sim.shape[1], -1).mean(1).detach()
@@ -456,4 +491,4 @@ def build_self_distillation(cfg: SelfDistillationConfig, *, tensors: dict[str, T
     if k < 1:
         raise InputError("self-distillation needs at least two users with training items",
                          field="regularizers")
-    return SelfDistillation(similar_users(profiles, k), windows, cfg.n_sim, cfg.alpha)
+    return SelfDistillation(similar_users(profiles, k), windows, cfg.n_sim, cfg.alpha, cfg.teacher)

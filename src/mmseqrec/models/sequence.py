@@ -42,7 +42,11 @@ class Batch:
 
 
 class Regularizer(Protocol):
-    """Extra loss terms: ``forward(model, batch, user_states [B, V*d]) -> {name: weighted loss}``."""
+    """Extra loss terms: ``forward(model, batch, user_states [B, V*d]) -> {name: weighted loss}``.
+
+    A regulariser may also define ``on_epoch_start(model)``; the trainer calls it before each epoch (e.g. to
+    cache a teacher's states).
+    """
 
     def __call__(self, model: SequenceModel, batch: Batch, user_states: Tensor) -> dict[str, Tensor]: ...
 

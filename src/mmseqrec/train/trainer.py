@@ -188,6 +188,10 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         self.model.train()
+        for reg in self.model.regularizers:  # e.g. a self-distillation teacher cached once per epoch
+            hook = getattr(reg, "on_epoch_start", None)
+            if hook is not None:
+                hook(self.model)
         sums: dict[str, torch.Tensor] = {}
         n_batches = n_targets = 0
         task = progress.add_task(f"epoch {epoch + 1}", total=len(self.batches), info="") if progress else None
