@@ -15,7 +15,7 @@ from mmseqrec.cli import app, main
 from mmseqrec.errors import InputError
 from mmseqrec.evaluate import aggregate_seeds, longtail_table, mean_std, paired_test
 from mmseqrec.evaluate.longtail import LongTailConfig, group_index, group_labels
-from mmseqrec.evaluate.report import compare_runs
+from mmseqrec.evaluate.report import compare_runs, load_run_result
 
 
 def _frame(users, targets, ranks):
@@ -125,6 +125,22 @@ def test_cli_compare_and_report(tmp_path):
     _write_run(tmp_path / "d", "sampled:100", ra, exclude_history=True)
     with pytest.raises(InputError, match="different protocols"):
         compare_runs(tmp_path / "a", tmp_path / "d")
+    # --protocol: compare the re-scored eval-<slug>.json / ranks-<slug>.parquet of two runs trained under `full`
+    for name, ranks in (("fa", ra), ("fb", rb)):
+        _write_run(tmp_path / name, "full", ranks + 50)
+        _frame(np.arange(1, 61), np.arange(101, 161), ranks).write_parquet(tmp_path / name / "ranks-sampled-100.parquet")
+        (tmp_path / name / "eval-sampled-100.json").write_text(json.dumps(
+            {"protocol": "sampled:100", "split": "test", "exclude_history": False,
+             "metrics": {"HR@10": float((ranks < 10).mean())}}))
+    rows = compare_runs(load_run_result(tmp_path / "fa", "sampled:100"), load_run_result(tmp_path / "fb", "sampled:100"))
+    assert rows[0]["metric"] == "HR@10" and rows[0]["a"] == pytest.approx((ra < 10).mean())
+    assert rows[0]["delta"] == pytest.approx((rb < 10).mean() - (ra < 10).mean())
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "fa"), str(tmp_path / "fb"), "--protocol", "sampled:100",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["protocol"].startswith("sampled:100")
+    with pytest.raises(InputError, match="not scored under"):
+        load_run_result(tmp_path / "fa", "sampled:50")
     # report: a and b differ only by seed -> one group; c is another protocol
     res = CliRunner().invoke(app, ["report", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c"),
                                    "--json"])

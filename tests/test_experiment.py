@@ -80,6 +80,18 @@ def test_grid_runs_resumes_and_reports(grid_file, tmp_path):
     assert len(paths["plots"]) == 2 * 2  # 2 protocols x 2 metrics, one dataset
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths["plots"])
 
+    # the same runs reported on validation (for choosing defaults): validation means, no test, no p-values
+    vgrid = load_grid(grid_file, ["report_split=valid"])
+    vpaths = write_report(vgrid, out)
+    vmd = vpaths["markdown"].read_text()
+    assert "**Validation** metrics" in vmd and "(p=" not in vmd
+    vrow = pl.read_csv(vpaths["csv"]).filter(
+        (pl.col("variant") == "ID-small") & (pl.col("backbone") == "sasrec") & (pl.col("protocol") == "full")
+        & (pl.col("metric") == "HR@5"))
+    vvals = [json.loads((r.run_dir / "metrics.json").read_text())["valid"]["HR@5"]
+             for r in runs if r.variant == "ID-small" and r.backbone == "sasrec"]
+    assert vrow["mean"][0] == pytest.approx(np.mean(vvals))
+
 
 def test_grid_validation_errors(tmp_path):
     from mmseqrec.errors import InputError

@@ -113,7 +113,10 @@ def test_self_distillation_epoch_teacher_uses_cached_eval_states():
 
     class Stub(_StubModel):
         training = True
-        modes: list = []
+
+        def __init__(self):
+            super().__init__()
+            self.modes = []
 
         class item_encoder:
             @staticmethod

@@ -33,11 +33,14 @@ def register(app: typer.Typer) -> None:
         metric: Annotated[list[str] | None, typer.Option(
             "--metric", "-m", help="Metric(s) to test, e.g. NDCG@10 (repeatable; default: all).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+        protocol: Annotated[str | None, typer.Option(
+            "--protocol", help="Compare the runs re-scored under this protocol (RUN/eval-<protocol>.json and "
+                               "ranks-<protocol>.parquet; default: the protocol each run was trained with).")] = None,
     ) -> None:
         """Paired comparison of two runs' test ranks: deltas (B - A) with Wilcoxon and t-test p-values."""
         from ..evaluate.report import compare_runs, load_run_result
 
-        a, b = load_run_result(run_a), load_run_result(run_b)
+        a, b = load_run_result(run_a, protocol), load_run_result(run_b, protocol)
         rows = compare_runs(a, b, metric or None)
         if as_json:
             typer.echo(json.dumps({"a": str(run_a), "b": str(run_b), "protocol": a.setting, "rows": rows},

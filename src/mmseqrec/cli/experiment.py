@@ -19,6 +19,9 @@ def register(app: typer.Typer) -> None:
         report_only: Annotated[bool, typer.Option("--report-only", help="Only rebuild the report from finished runs.")]
         = False,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Per-epoch progress bars.")] = True,
+        split: Annotated[str | None, typer.Option(
+            "--split", help="Report the 'test' split (default) or 'valid' (for ablations that choose defaults; "
+                            "writes results-valid.md/csv, no test numbers).")] = None,
     ) -> None:
         """Run every (dataset, variant, backbone, seed) of GRID_FILE, then write a results table.
 
@@ -31,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
         from ..experiment import load_grid, run_grid, write_report
 
-        grid = load_grid(grid_file, set_)
+        grid = load_grid(grid_file, [*(set_ or []), *([f"report_split={split}"] if split else [])])
         if not report_only:
             run_grid(grid, out, progress=progress, dry_run=dry_run)
         if dry_run:
@@ -39,4 +42,5 @@ def register(app: typer.Typer) -> None:
         paths = write_report(grid, out)
         console = Console()
         console.print(Markdown(Path(paths["markdown"]).read_text()))
-        console.print(f"\nwrote {paths['markdown']}, {paths['csv']} and {len(paths['plots'])} plot(s) in {out / 'plots'}")
+        console.print(f"\nwrote {paths['markdown']}, {paths['csv']} and {len(paths['plots'])} plot(s)"
+                      + (f" in {Path(paths['plots'][0]).parent}" if paths["plots"] else ""))

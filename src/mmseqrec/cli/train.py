@@ -4,7 +4,6 @@ and ``mmseqrec.serve.recommend``."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -60,10 +59,6 @@ def build_experiment(config: Path | None = None, data: Path | None = None, model
     return cfg
 
 
-def _slug(protocol: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", protocol).strip("-")  # same rule as experiment.runner
-
-
 def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
     table = Table(title=title)
     table.add_column("metric")
@@ -113,6 +108,7 @@ def register(app: typer.Typer) -> None:
         """Re-score a trained run (best checkpoint); writes RUN/eval-<protocol>.json and ranks-<protocol>.parquet."""
         from ..data.split import leave_one_out
         from ..evaluate import Protocol
+        from ..evaluate.protocol import protocol_slug
         from ..fileio import atomic_write_json
         from ..train.run import item_popularity, load_run
         from ..train.trainer import evaluate_model
@@ -127,8 +123,8 @@ def register(app: typer.Typer) -> None:
                              protocol=proto, exclude_history=exclude_history,
                              popularity=item_popularity(sp.seqs, sp.train_end))
         excl = cfg.eval.exclude_history if exclude_history is None else exclude_history
-        name = f"eval-{_slug(proto)}" + ("" if split == "test" else "-valid")
-        res.save_ranks(run / f"ranks-{_slug(proto)}{'' if split == 'test' else '-valid'}.parquet")
+        name = f"eval-{protocol_slug(proto)}" + ("" if split == "test" else "-valid")
+        res.save_ranks(run / f"ranks-{protocol_slug(proto)}{'' if split == 'test' else '-valid'}.parquet")
         atomic_write_json(run / f"{name}.json", {"protocol": str(res.protocol), "split": split,
                                                  "exclude_history": excl, "metrics": res.metrics})
         console.print(_metrics_table(f"{split} ({res.protocol})", res.metrics))

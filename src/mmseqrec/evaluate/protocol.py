@@ -24,7 +24,7 @@ from pydantic import ConfigDict, ValidationError, model_validator
 from ..config import Config
 from ..errors import InputError
 
-__all__ = ["Protocol", "TiesPolicy"]
+__all__ = ["Protocol", "TiesPolicy", "protocol_slug"]
 
 TiesPolicy = Literal["pessimistic", "random"]
 
@@ -127,3 +127,11 @@ class Protocol(Config):
         if self.ties != "pessimistic":
             out.append(f"ties={self.ties}")
         return ":".join(out)
+
+
+def protocol_slug(protocol: str | Protocol) -> str:
+    """File-name form of a protocol (``sampled:100`` -> ``sampled-100``), used by ``RUN/eval-<slug>.json`` and
+    ``RUN/ranks-<slug>.parquet`` of re-scored runs."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(protocol)).strip("-")

@@ -2,6 +2,8 @@
 
 Reads the run directory contract written by ``train``: ``RUN/metrics.json`` (top-level ``protocol``,
 ``exclude_history`` and a ``test`` dict of metrics) and ``RUN/ranks.parquet`` (``user, target, rank[, tied]``).
+A run re-scored under another protocol (``mmseqrec evaluate --protocol P`` or ``mmseqrec experiment``) also has
+``RUN/eval-<slug>.json`` and ``RUN/ranks-<slug>.parquet``; ``load_run_result(run, protocol=P)`` reads those.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import yaml
 from ..errors import InputError
 from .evaluator import load_ranks
 from .metrics import parse_metric
-from .protocol import Protocol
+from .protocol import Protocol, protocol_slug
 from .significance import aggregate_seeds, paired_test
 
 __all__ = ["METRICS_FILE", "RANKS_FILE", "RunResult", "aggregate_runs", "compare_runs", "load_run_result"]
@@ -27,17 +29,21 @@ RANKS_FILE = "ranks.parquet"
 class RunResult:
     """What a run directory says about its test evaluation."""
 
-    def __init__(self, path: Path, metrics: dict[str, Any]) -> None:
+    def __init__(self, path: Path, metrics: dict[str, Any], ranks_file: str = RANKS_FILE,
+                 metrics_file: str = METRICS_FILE) -> None:
         self.path = path
         self.raw = metrics
+        self.ranks_file = ranks_file
+        if "test" not in metrics and metrics.get("split", "test") == "test" and isinstance(metrics.get("metrics"), dict):
+            metrics = {**metrics, "test": metrics["metrics"]}  # `mmseqrec evaluate` form: {protocol, split, metrics}
         test = metrics.get("test")
         if not isinstance(test, dict):
-            raise InputError("metrics.json has no 'test' results", file=path / METRICS_FILE, field="test")
+            raise InputError(f"{metrics_file} has no 'test' results", file=path / metrics_file, field="test")
         self.test: dict[str, Any] = dict(test.get("metrics", test)) if isinstance(test.get("metrics"), dict) \
             else dict(test)
         proto = metrics.get("protocol", test.get("protocol"))
         if proto is None:
-            raise InputError("metrics.json does not record the protocol", file=path / METRICS_FILE,
+            raise InputError(f"{metrics_file} does not record the protocol", file=path / metrics_file,
                              field="protocol")
         self.protocol = Protocol.parse(str(proto))
         eh = metrics.get("exclude_history", test.get("exclude_history", False))
@@ -53,7 +59,7 @@ class RunResult:
         return f"{self.protocol}" + (" (history excluded)" if self.exclude_history else "")
 
     def ranks(self):
-        return load_ranks(self.path / RANKS_FILE)
+        return load_ranks(self.path / self.ranks_file)
 
     def config(self) -> dict[str, Any] | None:
         p = self.path / "config.yaml"
@@ -66,19 +72,35 @@ class RunResult:
         return data if isinstance(data, dict) else None
 
 
-def load_run_result(path: str | Path) -> RunResult:
-    """Read ``RUN/metrics.json`` (clear errors when the directory is not an evaluated run)."""
-    path = Path(path)
-    mf = path / METRICS_FILE
-    if not mf.exists():
-        raise InputError(f"not an evaluated run directory (missing {METRICS_FILE})", file=path)
+def _read_json(mf: Path) -> dict[str, Any]:
     try:
         data = json.loads(mf.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON: {exc.msg}", file=mf, line=exc.lineno) from None
     if not isinstance(data, dict):
         raise InputError("top level must be an object", file=mf)
-    return RunResult(path, data)
+    return data
+
+
+def load_run_result(path: str | Path, protocol: str | None = None) -> RunResult:
+    """Read ``RUN/metrics.json`` (clear errors when the directory is not an evaluated run).
+
+    With ``protocol`` different from the run's training protocol, read the re-scored
+    ``RUN/eval-<slug>.json`` and ``RUN/ranks-<slug>.parquet`` instead.
+    """
+    path = Path(path)
+    mf = path / METRICS_FILE
+    if not mf.exists():
+        raise InputError(f"not an evaluated run directory (missing {METRICS_FILE})", file=path)
+    data = _read_json(mf)
+    if protocol is None or str(Protocol.parse(protocol)) == str(data.get("protocol")):
+        return RunResult(path, data)
+    slug = protocol_slug(Protocol.parse(protocol))
+    ef = path / f"eval-{slug}.json"
+    if not ef.exists():
+        raise InputError(f"the run was not scored under {protocol!r} (missing {ef.name}); run "
+                         f"`mmseqrec evaluate {path} --protocol {protocol}` first", file=path)
+    return RunResult(path, _read_json(ef), ranks_file=f"ranks-{slug}.parquet", metrics_file=ef.name)
 
 
 def _default_metrics(a: RunResult, b: RunResult) -> list[str]:

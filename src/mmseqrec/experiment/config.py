@@ -21,7 +21,7 @@ Example (``configs/experiments/*.yaml``)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,6 +46,8 @@ class GridConfig(Config):
     base : ExperimentConfig fields shared by every run.
     backbone_overrides : backbone name -> partial ExperimentConfig merged after ``base``.
     variant_backbones : restrict a variant to some backbones (default: all).
+    report_split : ``test`` (the results table) or ``valid`` (for ablations that choose defaults: the table shows
+        the validation metrics of the selected checkpoints, no test numbers and no p-values).
     """
 
     name: str = "experiment"
@@ -59,6 +61,7 @@ class GridConfig(Config):
     base: dict[str, Any] = Field(default_factory=dict)
     backbone_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     variant_backbones: dict[str, list[str]] = Field(default_factory=dict)
+    report_split: Literal["test", "valid"] = "test"
 
     @field_validator("protocols")
     @classmethod

@@ -34,7 +34,7 @@ def _metrics(run_dir: Path, protocol: str, primary: str) -> dict[str, Any] | Non
 
 
 def collect(grid: GridConfig, out: str | Path) -> pl.DataFrame:
-    """One row per (run, protocol) with every test metric (long format: metric, value)."""
+    """One row per (run, protocol) with every metric of ``grid.report_split`` (long format: metric, value)."""
     rows = []
     primary = grid.protocols[0]
     for r in plan_runs(grid, out):
@@ -42,7 +42,7 @@ def collect(grid: GridConfig, out: str | Path) -> pl.DataFrame:
             m = _metrics(r.run_dir, p, primary)
             if m is None:
                 continue
-            for metric, value in m["test"].items():
+            for metric, value in m[grid.report_split].items():
                 if isinstance(value, (int, float)) and metric != "n_cases":
                     rows.append({"dataset": r.dataset, "variant": r.variant, "backbone": r.backbone, "seed": r.seed,
                                  "protocol": p, "metric": metric, "value": float(value),
@@ -101,7 +101,7 @@ def summarise(grid: GridConfig, out: str | Path) -> pl.DataFrame:
         by_key.setdefault((r.dataset, r.variant, r.backbone), []).append(r)
     pw, pt = [], []
     for row in agg.iter_rows(named=True):
-        if row["variant"] == grid.baseline:
+        if row["variant"] == grid.baseline or grid.report_split != "test":  # per-user ranks exist for test only
             pw.append(None)
             pt.append(None)
             continue
@@ -123,10 +123,15 @@ def _fmt(mean: float, std: float | None, p: float | None) -> str:
 
 
 def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
-    lines = [f"# {grid.name}", "",
-             f"Mean ± std over seeds {grid.seeds}; p = paired Wilcoxon signed-rank test against "
-             f"**{grid.baseline}** on per-user values (same backbone, dataset and protocol, seeds pooled). "
-             f"Checkpoints selected on validation under `{grid.protocols[0]}`; test numbers only reported.", ""]
+    if grid.report_split == "valid":
+        lines = [f"# {grid.name}", "",
+                 (f"**Validation** metrics (mean ± std over seeds {grid.seeds}) of the checkpoints selected on "
+                  f"validation under `{grid.protocols[0]}`; for choosing options, so no test numbers are shown."), ""]
+    else:
+        lines = [f"# {grid.name}", "",
+                 (f"Mean ± std over seeds {grid.seeds}; p = paired Wilcoxon signed-rank test against "
+                  f"**{grid.baseline}** on per-user values (same backbone, dataset and protocol, seeds pooled). "
+                  f"Checkpoints selected on validation under `{grid.protocols[0]}`; test numbers only reported."), ""]
     for ds in summary["dataset"].unique(maintain_order=True):
         for proto in grid.protocols:
             sub = summary.filter((pl.col("dataset") == ds) & (pl.col("protocol") == proto))
@@ -190,12 +195,14 @@ def _plot(grid: GridConfig, summary: pl.DataFrame, out: Path) -> list[Path]:
 
 
 def write_report(grid: GridConfig, out: str | Path) -> dict[str, Path | list[Path]]:
-    """Write ``results.md``, ``results.csv`` and plots into ``out``; returns their paths."""
+    """Write ``results.md``, ``results.csv`` and plots into ``out`` (``results-valid.*`` and ``plots-valid/``
+    when ``grid.report_split`` is ``valid``); returns their paths."""
     out = Path(out)
     summary = summarise(grid, out)
     md = to_markdown(grid, summary) if not summary.is_empty() else f"# {grid.name}\n\nNo finished runs yet.\n"
-    atomic_write_text(out / "results.md", md)
-    with atomic_path(out / "results.csv") as tmp:
+    sfx = "" if grid.report_split == "test" else f"-{grid.report_split}"
+    atomic_write_text(out / f"results{sfx}.md", md)
+    with atomic_path(out / f"results{sfx}.csv") as tmp:
         summary.write_csv(tmp)
-    plots = _plot(grid, summary, out / "plots") if not summary.is_empty() else []
-    return {"markdown": out / "results.md", "csv": out / "results.csv", "plots": plots}
+    plots = _plot(grid, summary, out / f"plots{sfx}") if not summary.is_empty() else []
+    return {"markdown": out / f"results{sfx}.md", "csv": out / f"results{sfx}.csv", "plots": plots}

@@ -12,15 +12,12 @@ from typing import Any
 from rich.console import Console
 
 from ..config import deep_merge
+from ..evaluate.protocol import protocol_slug
 from .config import GridConfig
 
-__all__ = ["RunRecord", "run_grid", "plan_runs", "protocol_slug"]
+__all__ = ["RunRecord", "plan_runs", "protocol_slug", "run_grid"]
 
 _console = Console(stderr=True)
-
-
-def protocol_slug(protocol: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", protocol).strip("-")
 
 
 def _slug(name: str) -> str:
