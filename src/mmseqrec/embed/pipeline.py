@@ -119,21 +119,11 @@ class _Progress:
     def __init__(self, enabled: bool, description: str, total: int) -> None:
         self.bar = None
         if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TaskProgressColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import TaskProgressColumn
 
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                                TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
-                                transient=False)
+            from ..progress import progress_bar
+
+            self.bar = progress_bar(TaskProgressColumn(), "{task.fields[rate]}")
             self.task = self.bar.add_task(description, total=total, rate="")
             self.t0 = time.perf_counter()
             self.done = 0

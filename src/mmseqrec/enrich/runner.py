@@ -182,26 +182,9 @@ class _Runner:
 def _progress(enabled: bool):
     from contextlib import nullcontext
 
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from ..progress import progress_bar, rate_column
 
-    class _Rate(TextColumn):
-        def render(self, task):  # items/s
-            from rich.text import Text
-
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.2f} it/s" if speed else "- it/s")
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(""),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+    return progress_bar(rate_column(), enabled=True) if enabled else nullcontext(None)
 
 
 def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = None, *,

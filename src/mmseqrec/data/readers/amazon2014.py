@@ -60,20 +60,14 @@ def _price(value) -> float | None:
 
 
 def read_meta(paths: list[Path]) -> pl.DataFrame | None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ...progress import progress_bar
 
     cols: dict[str, list] = {
         k: [] for k in ("item_id", "title", "description", "categories", "brand", "price", "image")
     }
     if not paths:
         return None
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-    ) as progress:
+    with progress_bar(transient=True, terminal_only=True) as progress:
         for p in paths:
             task = progress.add_task(f"meta {p.name}", total=None)
             with open_text(p) as fh:

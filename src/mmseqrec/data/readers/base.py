@@ -294,21 +294,11 @@ def read_ndjson_blocks(
     file + line by re-scanning only the failing block."""
     import io
 
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from ...progress import progress_bar
 
     frames: list[pl.DataFrame] = []
-    console = Console(stderr=True)
     total = path.stat().st_size if not str(path).endswith(".gz") else None
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as progress:
+    with progress_bar(size_in_bytes=True, transient=True, terminal_only=True) as progress:
         task = progress.add_task(f"reading {path.name}", total=total)
         for block, first in iter_line_blocks(path, block_bytes):
             try:
