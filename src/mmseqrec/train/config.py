@@ -82,6 +82,15 @@ class EvalConfig(Config):
     batch_size: int = 512
 
 
+def _typed_section(v: Any, spec: Any, default: str) -> Any:
+    """A ``{name: ..., ...}`` section (or ``None``) -> the config class its registry entry names."""
+    if v is None:
+        v = {}
+    if isinstance(v, dict):
+        return spec(str(v.get("name", default))).config_cls.model_validate(v)
+    return v
+
+
 class ExperimentConfig(Config):
     """One training run, fully resolved."""
 
@@ -97,20 +106,12 @@ class ExperimentConfig(Config):
     @field_validator("model", mode="before")
     @classmethod
     def _model(cls, v: Any) -> Any:
-        if v is None:
-            v = {}
-        if isinstance(v, dict):
-            return model_spec(str(v.get("name", "sasrec"))).config_cls.model_validate(v)
-        return v
+        return _typed_section(v, model_spec, "sasrec")
 
     @field_validator("item_encoder", mode="before")
     @classmethod
     def _encoder(cls, v: Any) -> Any:
-        if v is None:
-            v = {}
-        if isinstance(v, dict):
-            return item_encoder_spec(str(v.get("name", "id"))).config_cls.model_validate(v)
-        return v
+        return _typed_section(v, item_encoder_spec, "id")
 
     @field_validator("regularizers", mode="before")
     @classmethod

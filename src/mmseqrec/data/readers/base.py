@@ -20,6 +20,7 @@ from pydantic import Field
 
 from ...config import Config
 from ...errors import InputError
+from ..raw import RawData
 
 __all__ = [
     "ID",
@@ -347,3 +348,25 @@ def split_whitespace_lines(lines: pl.DataFrame) -> pl.DataFrame:
     )
     parts = parts.with_columns(pl.col("p").list.eval(pl.element().filter(pl.element() != "")))
     return parts.filter(pl.col("p").list.len() > 0)
+
+
+def read_whitespace_files(paths: list[Path], fmt: str,
+                          to_frame: Callable[[Path, pl.DataFrame, int], pl.DataFrame]) -> RawData:
+    """Read whitespace-separated text files in order (SASRec / S3-Rec style, no timestamps).
+
+    ``to_frame(path, parts, offset)`` turns one file's ``lineno, p`` tokens (:func:`split_whitespace_lines`) into
+    ``user_id, item_id, timestamp`` rows, raising :class:`InputError` on bad lines; ``offset`` keeps file order
+    across files (the timestamp is the position in the files).
+    """
+    files = expand_paths(paths, fmt)
+    frames = []
+    offset = 0
+    for p in files:
+        with reading(p.name):
+            lines = read_lines(p)
+        df = to_frame(p, split_whitespace_lines(lines), offset)
+        offset += max(int(lines.height), df.height)
+        frames.append(df)
+    inter = (pl.concat(frames) if frames
+             else pl.DataFrame(schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "timestamp": pl.Int64}))
+    return RawData(interactions=inter, source_files=files, format=fmt, options={"timestamp": "file order"})

@@ -12,39 +12,19 @@ import polars as pl
 
 from ...errors import InputError
 from ..raw import RawData
-from .base import ReaderOptions, expand_paths, read_lines, reading, split_whitespace_lines
+from .base import ReaderOptions, read_whitespace_files
 
 __all__ = ["read"]
 
 
+def _rows(path: Path, parts: pl.DataFrame, offset: int) -> pl.DataFrame:
+    bad = parts.filter(pl.col("p").list.len() != 2)
+    if bad.height:
+        raise InputError(f"expected 2 fields 'user item', found {bad['p'][0].len()}", file=path,
+                         line=int(bad["lineno"][0]))
+    return parts.select(pl.col("p").list.get(0).alias("user_id"), pl.col("p").list.get(1).alias("item_id"),
+                        (pl.col("lineno") + offset).alias("timestamp"))
+
+
 def read(paths: list[Path], opts: ReaderOptions) -> RawData:
-    files = expand_paths(paths, "sasrec-txt")
-    frames = []
-    offset = 0
-    for p in files:
-        with reading(p.name):
-            lines = read_lines(p)
-        parts = split_whitespace_lines(lines)
-        bad = parts.filter(pl.col("p").list.len() != 2)
-        if bad.height:
-            raise InputError(
-                f"expected 2 fields 'user item', found {bad['p'][0].len()}",
-                file=p,
-                line=int(bad["lineno"][0]),
-            )
-        frames.append(
-            parts.select(
-                pl.col("p").list.get(0).alias("user_id"),
-                pl.col("p").list.get(1).alias("item_id"),
-                (pl.col("lineno") + offset).alias("timestamp"),
-            )
-        )
-        offset += int(lines.height)
-    inter = (
-        pl.concat(frames)
-        if frames
-        else pl.DataFrame(schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "timestamp": pl.Int64})
-    )
-    return RawData(
-        interactions=inter, source_files=files, format="sasrec-txt", options={"timestamp": "file order"}
-    )
+    return read_whitespace_files(paths, "sasrec-txt", _rows)

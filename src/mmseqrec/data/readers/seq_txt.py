@@ -11,36 +11,20 @@ import polars as pl
 
 from ...errors import InputError
 from ..raw import RawData
-from .base import ReaderOptions, expand_paths, read_lines, reading, split_whitespace_lines
+from .base import ReaderOptions, read_whitespace_files
 
 __all__ = ["read"]
 
 
+def _rows(path: Path, parts: pl.DataFrame, offset: int) -> pl.DataFrame:
+    bad = parts.filter(pl.col("p").list.len() < 2)
+    if bad.height:
+        raise InputError("a line needs a user id followed by at least one item id", file=path,
+                         line=int(bad["lineno"][0]))
+    df = parts.select(pl.col("p").list.first().alias("user_id"), pl.col("p").list.slice(1).alias("item_id"))
+    df = df.explode("item_id", empty_as_null=True).with_row_index("timestamp", offset=offset)
+    return df.select("user_id", "item_id", pl.col("timestamp").cast(pl.Int64))
+
+
 def read(paths: list[Path], opts: ReaderOptions) -> RawData:
-    files = expand_paths(paths, "seq-txt")
-    frames = []
-    offset = 0
-    for p in files:
-        with reading(p.name):
-            lines = read_lines(p)
-        parts = split_whitespace_lines(lines)
-        bad = parts.filter(pl.col("p").list.len() < 2)
-        if bad.height:
-            raise InputError(
-                "a line needs a user id followed by at least one item id", file=p, line=int(bad["lineno"][0])
-            )
-        df = parts.select(
-            pl.col("p").list.first().alias("user_id"), pl.col("p").list.slice(1).alias("item_id")
-        )
-        df = df.explode("item_id", empty_as_null=True).with_row_index("timestamp", offset=offset)
-        df = df.select("user_id", "item_id", pl.col("timestamp").cast(pl.Int64))
-        offset += df.height
-        frames.append(df)
-    inter = (
-        pl.concat(frames)
-        if frames
-        else pl.DataFrame(schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "timestamp": pl.Int64})
-    )
-    return RawData(
-        interactions=inter, source_files=files, format="seq-txt", options={"timestamp": "file order"}
-    )
+    return read_whitespace_files(paths, "seq-txt", _rows)
