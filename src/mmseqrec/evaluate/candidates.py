@@ -155,7 +155,7 @@ def read_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, n_
         i = _first_bad(lens != lens[0]) if (lens != lens[0]).any() else 1
         raise InputError(f"every candidate list must have the same length >= 2 (row 1 has {int(lens[0])}, "
                          f"row {i} has {int(lens[i - 1])})", file=path, line=i, field="candidates")
-    inner = df["candidates"].explode().to_numpy()
+    inner = df["candidates"].explode(empty_as_null=False).to_numpy()
     if inner.dtype == object or np.isnan(inner.astype(np.float64)).any():
         raise InputError("null item in a candidate list", file=path, field="candidates")
     items = inner.astype(np.int64).reshape(df.height, int(lens[0]))
