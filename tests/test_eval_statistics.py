@@ -13,7 +13,7 @@ from scipy import stats
 from mmseqrec.errors import InputError
 from mmseqrec.evaluate import adjust_pvalues, case_means, paired_test
 from mmseqrec.evaluate.metrics import case_values
-from mmseqrec.experiment import GridConfig, summarise, write_report
+from mmseqrec.experiment import GridConfig, summarise
 
 
 def _frame(users, targets, ranks, tied=None):
@@ -156,7 +156,7 @@ def test_report_regenerates_from_finished_runs_without_data(tmp_path):
     except SystemExit as exc:
         assert exc.code in (0, None)
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "p HR@10 (raw / Holm)" in md and "(8 comparisons)" in md
+    assert "p HR@10 (raw / Holm)" in md and "(8 comparisons, n = 300 paired cases)" in md
     assert "averaged over seeds first" in md
     csv = pl.read_csv(tmp_path / "out" / "results.csv")
     assert {"mean", "std", "n_seeds", "n_cases", "p_wilcoxon", "p_ttest", "p_adj", "p_adjust"} <= set(csv.columns)

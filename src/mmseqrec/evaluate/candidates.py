@@ -127,16 +127,10 @@ def read_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, n_
         unknown users or items, a target not in its list, duplicate items in a list, duplicate
         ``(user, target)`` rows, or an evaluation case without a list.
     """
+    from .evaluator import read_parquet_with
+
     path = Path(path)
-    if not path.exists():
-        raise InputError("candidate file not found", file=path)
-    try:
-        df = pl.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
-        raise InputError(f"cannot read the candidate file as Parquet: {exc}", file=path) from None
-    for col in _COLUMNS:
-        if col not in df.columns:
-            raise InputError(f"missing column (expected {', '.join(_COLUMNS)})", file=path, field=col)
+    df = read_parquet_with(path, _COLUMNS, "candidate file")
     if not isinstance(df.schema["candidates"], (pl.List, pl.Array)):
         raise InputError(f"must be a list of item ids, got {df.schema['candidates']}", file=path,
                          field="candidates")

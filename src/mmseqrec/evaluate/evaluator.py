@@ -134,19 +134,25 @@ class RankingResult:
         }
 
 
-def load_ranks(path: str | Path) -> pl.DataFrame:
-    """Read a ``ranks.parquet`` (columns user, target, rank[, tied]) with a clear error when malformed."""
+def read_parquet_with(path: str | Path, columns: tuple[str, ...], what: str, missing_hint: str = ""
+                      ) -> pl.DataFrame:
+    """Read the Parquet ``what`` at ``path`` and check it has ``columns`` (one clear error otherwise)."""
     path = Path(path)
     if not path.exists():
-        raise InputError("ranks file not found (was the run evaluated?)", file=path)
+        raise InputError(f"{what} not found{missing_hint}", file=path)
     try:
         df = pl.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
-        raise InputError(f"cannot read ranks: {exc}", file=path) from None
-    for col in ("user", "target", "rank"):
+        raise InputError(f"cannot read the {what} as Parquet: {exc}", file=path) from None
+    for col in columns:
         if col not in df.columns:
-            raise InputError("missing column", file=path, field=col)
+            raise InputError(f"missing column (expected {', '.join(columns)})", file=path, field=col)
     return df
+
+
+def load_ranks(path: str | Path) -> pl.DataFrame:
+    """Read a ``ranks.parquet`` (columns user, target, rank[, tied]) with a clear error when malformed."""
+    return read_parquet_with(path, ("user", "target", "rank"), "ranks file", " (was the run evaluated?)")
 
 
 # --------------------------------------------------------------------------------------------- histories

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -164,7 +163,9 @@ def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
                     head.append(f"p {m} (raw / {adj})")
                     rule.append("---")
             n_tests = int(sub["p_wilcoxon"].is_not_null().sum()) if test else 0
-            lines += [f"## {ds} — protocol `{proto}`" + (f" ({n_tests} comparisons)" if test else ""), "",
+            ns = sorted(set(sub["n_cases"].drop_nulls().to_list())) if test else []
+            cases = f", n = {'/'.join(str(n) for n in ns)} paired cases" if ns else ""
+            lines += [f"## {ds} — protocol `{proto}`" + (f" ({n_tests} comparisons{cases})" if test else ""), "",
                       "| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
             for bb in sub["backbone"].unique(maintain_order=True):
                 for var in sub.filter(pl.col("backbone") == bb)["variant"].unique(maintain_order=True):
