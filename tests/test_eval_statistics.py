@@ -208,3 +208,28 @@ def test_ablation_plot_is_sorted_with_a_marked_baseline(tmp_path):
     bbox = fig.legends[0].get_window_extent(renderer)
     for ax in fig.axes:  # the legend sits below the panels, never over bars
         assert bbox.y1 <= ax.get_window_extent(renderer).y0 + 1
+
+
+def test_find_eval_matches_protocol_and_history_and_reads_older_names(tmp_path):
+    from mmseqrec.evaluate import find_eval
+
+    run = tmp_path / "run"
+    run.mkdir()
+    f = _frame([1, 2], [3, 4], [0, 5])
+    f.write_parquet(run / "ranks.parquet")
+    (run / "metrics.json").write_text(json.dumps({"protocol": "full", "exclude_history": False,
+                                                  "test": {"HR@1": 0.5}}))
+    # an older run's re-score: `eval-full.json` recording exclude_history = true (the name had no history part)
+    f.write_parquet(run / "ranks-full.parquet")
+    (run / "eval-full.json").write_text(json.dumps({"protocol": "full", "split": "test", "exclude_history": True,
+                                                    "metrics": {"HR@1": 1.0}}))
+    assert find_eval(run).path.name == "metrics.json"
+    assert find_eval(run, "full", exclude_history=False).metrics("test") == {"HR@1": 0.5}
+    old = find_eval(run, "full", exclude_history=True)
+    assert old.path.name == "eval-full.json" and old.metrics("test") == {"HR@1": 1.0}
+    assert old.ranks == {"test": run / "ranks-full.parquet"}
+    assert find_eval(run, "sampled:5") is None and find_eval(run, "full:ties=random") is None
+    # the new name wins over the old one
+    (run / "eval-full-exclhist.json").write_text(json.dumps({"protocol": "full", "exclude_history": True,
+                                                             "test": {"HR@1": 0.75}}))
+    assert find_eval(run, "full", exclude_history=True).metrics("test") == {"HR@1": 0.75}
