@@ -94,13 +94,6 @@ class RankingResult:
     scoring_dtype: str = "float32"
     candidates_file: dict[str, Any] | None = None
 
-    @property
-    def n_negatives(self) -> int | None:
-        """Negatives per case (``None`` under ``full``)."""
-        if self.candidates_file is not None:
-            return int(self.candidates_file["n_negatives"])
-        return Protocol.parse(self.protocol).n
-
     def to_frame(self) -> pl.DataFrame:
         """Polars frame ``user, target, rank, tied`` (one row per case)."""
         return pl.DataFrame({
