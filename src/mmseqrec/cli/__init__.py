@@ -23,7 +23,7 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 # Explicit table of command modules (no auto-discovery). Each module exposes ``register(app)``.
-_COMMAND_MODULES = ("data", "enrich", "embed", "train", "evaluate", "experiment")
+_COMMAND_MODULES = ("data", "enrich", "embed", "train", "evaluate", "experiment", "serve")
 
 
 def _register_all() -> None:
