@@ -52,33 +52,26 @@ class _BodyLimit:
                 if declared > self.limit:
                     await too_big(scope, receive, send)
                     return
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
+        body, more = b"", True  # read the (small) body first, so an oversized stream is refused before parsing
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooBig
-            return message
-
-        started = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited, tracking_send)
-        except _TooBig:
-            if not started:
+            if message["type"] != "http.request":
+                return  # client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
                 await too_big(scope, receive, send)
+                return
+        replayed = False
 
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-class _TooBig(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def create_app(recommenders: dict[str, Any], api_key: str | None = None, title: str = "mmseqrec") -> Any:
