@@ -31,8 +31,9 @@ def recall_at_k(exact: np.ndarray, approx: np.ndarray) -> float:
 class FaissSearch:
     """An inner-product FAISS index over ``items [N + 1, d]`` (row 0, padding, is left out).
 
-    ``nprobe`` lists are visited per query; ``recall`` is recall@``recall_k`` against exact search measured at
-    build time on ``n_probe_queries`` item vectors used as queries.
+    ``nlist`` defaults to about sqrt(N) lists, trained (k-means) on 40 item vectors per list; ``nprobe`` lists
+    are visited per query; ``recall`` is recall@``recall_k`` against exact search measured at
+    build time on ``queries`` (e.g. user states of dataset users; default: ``n_probe_queries`` item vectors).
     """
 
     index: object
@@ -44,20 +45,22 @@ class FaissSearch:
 
     @classmethod
     def build(cls, items: torch.Tensor, nlist: int | None = None, nprobe: int = 16, recall_k: int = 10,
-              n_probe_queries: int = 200, seed: int = 0) -> FaissSearch:
+              n_probe_queries: int = 200, seed: int = 0,
+              queries: torch.Tensor | None = None) -> FaissSearch:
         faiss = require("faiss", "serve", "the FAISS index (--index faiss)")
         x = np.ascontiguousarray(items[1:].detach().float().cpu().numpy())
         n, d = x.shape
-        nlist = nlist or max(1, min(4096, int(4 * np.sqrt(n))))
+        nlist = nlist or max(1, min(4096, int(np.sqrt(n))))
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        train = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)] if n > 64 * nlist else x
+        train = x[rng.choice(n, size=40 * nlist, replace=False)] if n > 40 * nlist else x  # faiss: >= 39/list
         index.train(train)
         index.add(x)
         index.nprobe = min(nprobe, nlist)
         out = cls(index, n, nlist, int(index.nprobe), float("nan"), recall_k)
-        q = x[rng.choice(n, size=min(n, n_probe_queries), replace=False)]
+        q = (np.ascontiguousarray(queries.detach().float().cpu().numpy()) if queries is not None
+             else x[rng.choice(n, size=min(n, n_probe_queries), replace=False)])
         kk = min(recall_k, n)
         xt = torch.from_numpy(x)
         exact = np.concatenate([torch.topk(torch.from_numpy(q[i:i + 16]) @ xt.T, kk).indices.numpy()
@@ -86,7 +89,8 @@ def attach_index(recommender: object, kind: str = "auto", threshold: int = FAISS
     """Give ``recommender`` (a :class:`~mmseqrec.serve.recommend.Recommender`) a FAISS index when ``kind`` is
     ``faiss``, or ``auto`` and the catalogue has at least ``threshold`` items; ``exact`` keeps full scoring.
 
-    Only models that score as ``user_states @ item_matrix.T`` can be indexed; others stay exact under ``auto`` and
+    Its recall@10 against exact search is measured on the user states of (up to) the first 200 dataset users'
+    full sequences. Only models that score as ``user_states @ item_matrix.T`` can be indexed; others stay exact under ``auto`` and
     are refused under ``faiss``. Returns how the recommender now searches.
     """
     from ..errors import InputError
@@ -102,7 +106,14 @@ def attach_index(recommender: object, kind: str = "auto", threshold: int = FAISS
     if kind == "exact" or not indexable or (kind == "auto" and n_items < threshold):
         recommender.search = None  # type: ignore[attr-defined]
         return {"kind": "exact"}
+    from ..train.batching import left_padded
+
+    seqs = recommender.run.dataset.sequences  # type: ignore[attr-defined]
+    users = np.arange(1, min(seqs.n_users, 200) + 1)
+    hist = left_padded(seqs.items, seqs.indptr[users], seqs.indptr[users + 1],
+                       int(recommender.max_len))  # type: ignore[attr-defined]
     with torch.no_grad():
         items = model.item_matrix()
-    recommender.search = FaissSearch.build(items, nprobe=nprobe)  # type: ignore[attr-defined]
+        queries = model.user_states(torch.as_tensor(hist, dtype=torch.long, device=items.device))
+    recommender.search = FaissSearch.build(items, nprobe=nprobe, queries=queries)  # type: ignore[attr-defined]
     return recommender.search.info()  # type: ignore[attr-defined]
