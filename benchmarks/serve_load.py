@@ -35,10 +35,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mmseqrec.cli.train import build_experiment  # noqa: E402
-from mmseqrec.config import dump_config  # noqa: E402
-from mmseqrec.train.checkpoint import save_model  # noqa: E402
-from mmseqrec.train.run import build_model  # noqa: E402
+from mmseqrec.cli.train import build_experiment
+from mmseqrec.config import dump_config
+from mmseqrec.train.checkpoint import save_model
+from mmseqrec.train.run import build_model
 
 BAD = [  # (content bytes, description)
     (b'{"history": [', "broken JSON"),

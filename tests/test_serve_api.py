@@ -9,12 +9,12 @@ import pytest
 import torch
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
-from fastapi.testclient import TestClient  # noqa: E402
-from serve_fixtures import build_served  # noqa: E402
+from fastapi.testclient import TestClient
+from serve_fixtures import build_served
 
-from mmseqrec.serve.app import MAX_BODY_BYTES, create_app  # noqa: E402
-from mmseqrec.serve.index import FaissSearch, attach_index, recall_at_k  # noqa: E402
-from mmseqrec.serve.recommend import Recommender  # noqa: E402
+from mmseqrec.serve.app import MAX_BODY_BYTES, create_app
+from mmseqrec.serve.index import FaissSearch, attach_index, recall_at_k
+from mmseqrec.serve.recommend import Recommender
 
 
 @pytest.fixture(scope="module")

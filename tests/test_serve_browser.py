@@ -28,10 +28,10 @@ if not CHROME or not DRIVER:
     pytest.skip("no headless browser: install Debian's chromium and chromium-driver (see .ci/run)",
                 allow_module_level=True)
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-from serve_fixtures import build_served  # noqa: E402
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+from serve_fixtures import build_served
 
 
 def _free_port() -> int:

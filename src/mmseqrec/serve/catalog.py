@@ -33,7 +33,7 @@ def _enrich_texts(root: Path, key: str) -> dict[int, dict[str, str]]:
     for path in sorted((root / "enrich").glob("*.parquet")):
         try:
             df = pl.read_parquet(path)
-        except Exception:  # noqa: BLE001 - a half-written or foreign file is skipped, never fatal for serving
+        except Exception:  # noqa: BLE001, S112 - a foreign or unreadable file is skipped, never fatal for serving
             continue
         if key not in df.columns or "text" not in df.columns:
             continue

@@ -126,8 +126,8 @@ def _runs_table(runs: list[Path]) -> str:
 
     groups = aggregate_runs(list(runs), by_config=True)
     metrics = [m for m in groups[0]["metrics"] if m != "n_cases"]
-    out = ["<p class='note'>Test metrics; mean ± std over the runs of one config that differ only by seed (a "
-           "single run has no std).</p>"]
+    out = [("<p class='note'>Test metrics; mean ± std over the runs of one config that differ only by seed (a "
+            "single run has no std).</p>")]
     head = "<tr><th class='l'>runs</th><th class='l'>protocol</th>" + "".join(f"<th>{_e(m)}</th>" for m in metrics)
     rows = []
     for g in groups:
@@ -253,10 +253,11 @@ def _examples(runs: list[Path], names: dict[Path, str], n_users: int, k: int) ->
     for u in users:
         info = cat.user(u)
         hist = info["history"][-10:]
-        thumbs = "".join(f"<img title='{_e(cat.titles[cat.index[h] - 1])}' alt='' src='{cat.image_data_uri(cat.index[h]) or ''}'>"
-                         for h in hist)
-        block = [f"<div class='ex'><h3>user {_e(info['user_id'])}</h3><div class='hist'>last {len(hist)} history "
-                 f"items: {thumbs}</div>"]
+        uris = [(h, cat.image_data_uri(cat.index[h])) for h in hist]
+        thumbs = "".join(f"<img title='{_e(cat.titles[cat.index[h] - 1])}' alt='' src='{u}'>" if u else
+                         f"<span class='note'>{_e(cat.titles[cat.index[h] - 1])}; </span>" for h, u in uris)
+        block = [(f"<div class='ex'><h3>user {_e(info['user_id'])}</h3><div class='hist'>last {len(hist)} history "
+                  f"items: {thumbs}</div>")]
         for task, text in info["mllm"].items():
             block.append(f"<p class='note'><b>{_e(task)}</b>: {_e(text[:300])}</p>")
         for r, rec in loaded:
@@ -293,8 +294,8 @@ def write_html_report(paths: list[Path], out: Path, *, n_users: int = 3, k: int 
         sections.append(_runs_table(plain))
     shown = runs[:12]
     sections += ["<h2>Training curves</h2>", _curves(shown, names), "<h2>Long-tail breakdown</h2>",
-                 f"<p class='note'>Test ranks by training-sequence length and by target popularity (preset "
-                 f"{_e(preset)}, LLM-ESR's strict '&lt;' groups, popularity on training interactions).</p>"]
+                 (f"<p class='note'>Test ranks by training-sequence length and by target popularity (preset "
+                  f"{_e(preset)}, LLM-ESR's strict '&lt;' groups, popularity on training interactions).</p>")]
     sections += [_longtail(r, preset) for r in shown]
     sections += ["<h2>Example recommendations</h2>", _examples(shown, names, n_users, k)]
     doc = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title or 'mmseqrec report')}"
