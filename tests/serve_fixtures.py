@@ -10,11 +10,17 @@ import torch
 from mmseqrec.cli import main
 
 
-def _cli(args: list[str]) -> None:
+def run_cli(args: list[str]) -> int:
+    """Run the CLI entry point; return its exit code."""
     try:
         main(args)
     except SystemExit as exc:
-        assert not exc.code, f"mmseqrec {' '.join(args)} exited {exc.code}"
+        return int(exc.code or 0)
+    return 0
+
+
+def _cli(args: list[str]) -> None:
+    assert run_cli(args) == 0, f"mmseqrec {' '.join(args)} failed"
 
 
 def build_served(root: Path) -> dict[str, Path]:

@@ -8,9 +8,7 @@ import shutil
 
 import polars as pl
 import pytest
-from serve_fixtures import build_served
-
-from mmseqrec.cli import main
+from serve_fixtures import build_served, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -18,17 +16,9 @@ def served(tmp_path_factory):
     return build_served(tmp_path_factory.mktemp("report"))
 
 
-def _cli(args):
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
-
-
 def test_html_report_of_runs_is_self_contained(served, tmp_path):
     out = tmp_path / "report.html"
-    assert _cli(["report", str(served["sasrec"]), str(served["gru4rec"]), "--out", str(out)]) == 0
+    assert run_cli(["report", str(served["sasrec"]), str(served["gru4rec"]), "--out", str(out)]) == 0
     doc = out.read_text()
     # every image is inline, nothing is fetched from elsewhere
     srcs = re.findall(r"src='([^']*)'", doc)
@@ -58,7 +48,7 @@ def test_html_report_of_an_experiment_folder_marks_significance(served, tmp_path
         "p_wilcoxon": [None, None, 0.001, 0.3], "p_ttest": [None, None, 0.002, 0.31], "p_adj": [None, None, 0.002, 0.3],
         "p_adjust": [None, None, "holm", "holm"]}).write_csv(exp / "results.csv")
     out = tmp_path / "r.html"
-    assert _cli(["report", str(exp), "--out", str(out)]) == 0
+    assert run_cli(["report", str(exp), "--out", str(out)]) == 0
     doc = out.read_text()
     assert "Experiment exp" in doc and "0.1500 ± 0.0100" in doc
     assert doc.count("class='sig'>▲") == 2  # the legend's mark and NDCG@10 of mm (p_adj 0.002)
@@ -66,6 +56,6 @@ def test_html_report_of_an_experiment_folder_marks_significance(served, tmp_path
 
 
 def test_report_refuses_a_folder_without_runs(tmp_path, capsys):
-    assert _cli(["report", str(tmp_path), "--out", str(tmp_path / "x.html")]) == 2
+    assert run_cli(["report", str(tmp_path), "--out", str(tmp_path / "x.html")]) == 2
     assert "neither an evaluated run directory" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists()
