@@ -138,4 +138,4 @@ def test_page_shows_a_clear_error_for_an_empty_history(server, browser):
     WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runA option")) == 2)
     browser.find_element(By.ID, "go").click()
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#msg .error"))
-    assert "no history" in browser.find_element(By.CSS_SELECTOR, "#msg .error").text
+    assert "empty history" in browser.find_element(By.CSS_SELECTOR, "#msg .error").text

@@ -161,6 +161,10 @@ def create_app(recommenders: dict[str, Any], api_key: str | None = None, title: 
     def recommend(req: RecommendRequest) -> dict[str, Any]:
         """Top-``k`` items for ``history`` with title, score, image URL, dataset text and MLLM outputs."""
         name, rec = _rec(req.run)
+        if req.cold == "error" and not any(h in catalog.index for h in req.history):
+            what = "empty history" if not req.history else "none of the history ids is in the catalogue"
+            raise HTTPException(400, f"{what}: nothing to condition on; send item ids from GET /items, or "
+                                     'cold: "popularity" for the most popular training items')
         res = rec(list(req.history), req.k, req.exclude_history, req.cold)
         items = []
         for rank, (item_id, _title, score) in enumerate(res.items, 1):
