@@ -165,3 +165,18 @@ def test_faiss_index_equals_exact_when_probing_all_lists_and_measures_recall(ser
     finally:
         rec.search = None
     assert recall_at_k(np.array([[1, 2], [3, 4]]), np.array([[2, 9], [3, 4]])) == 0.75
+
+
+def test_serve_command_refuses_bad_options_with_one_line(served, tmp_path, capsys):
+    from serve_fixtures import run_cli
+
+    paths, _ = served
+    assert run_cli(["serve", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert run_cli(["serve", str(paths["sasrec"]), "--index", "bogus"]) == 2
+    assert "choose auto, exact or faiss" in capsys.readouterr().err
+    assert run_cli(["serve", str(paths["sasrec"]), str(paths["gru4rec"]), "--index", "exact", "--index", "exact",
+                    "--index", "faiss"]) == 2
+    assert "once per run" in capsys.readouterr().err
+    assert run_cli(["serve", f"a={paths['sasrec']}", f"a={paths['gru4rec']}"]) == 2
+    assert "two runs named 'a'" in capsys.readouterr().err
