@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InputError
 
-__all__ = ["Config", "apply_overrides", "deep_merge", "dump_config", "load_config", "validate_config"]
+__all__ = ["Config", "deep_merge", "apply_overrides", "load_config", "dump_config", "validate_config"]
 
 C = TypeVar("C", bound="Config")
 

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Backbone", "ItemEncoder"]
+__all__ = ["ItemEncoder", "Backbone"]
 
 
 class ItemEncoder(nn.Module, ABC):
