@@ -6,10 +6,25 @@ import sys
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from ..errors import MmseqrecError
 
+
+class _Group(TyperGroup):
+    """Every command's :class:`MmseqrecError` becomes one ``error: ...`` line on stderr and exit code 2, also
+    when the app is invoked in-process (``typer.testing.CliRunner``), not only through :func:`main`."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MmseqrecError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     name="mmseqrec",
     help=(
         "Multimodal sequential recommendation enhanced by multimodal LLMs.\n\n"
