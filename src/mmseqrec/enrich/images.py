@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from ..config import Config
 from ..fileio import atomic_write_bytes
 
@@ -27,10 +29,10 @@ _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 class ImageFetchConfig(Config):
     """Downloader limits."""
 
-    timeout_s: float = 10.0
-    retries: int = 2
-    backoff_s: float = 0.5
-    max_bytes: int = 20 * 1024 * 1024
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(2, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1)
     user_agent: str = "mmseqrec/0.1 (+image fetcher)"
 
 

@@ -29,9 +29,9 @@ __all__ = [
     "check_not_null",
     "collect",
     "expand_paths",
+    "explain_parse_error",
     "first_line",
     "iter_line_blocks",
-    "explain_parse_error",
     "locate_bad_csv_line",
     "locate_bad_json_line",
     "open_text",
@@ -342,12 +342,12 @@ def _line_at_offset(path: Path, offset: int) -> int:
     return n
 
 
-def _read_gz(fh, n: int, path: Path, line: Callable[[], int]) -> bytes:
+def _read_gz(fh, n: int, path: Path, line: int) -> bytes:
     try:
         return fh.read(n)
     except (OSError, EOFError) as exc:
         raise (_gzip_error(path, exc) or InputError(f"truncated or corrupt gzip file ({_first_line_of(exc)})",
-                                                    file=path, line=line())) from None
+                                                    file=path, line=line)) from None
 
 
 def iter_line_blocks(path: Path, block_bytes: int = 8 << 20) -> Iterator[tuple[bytes, Callable[[], int]]]:
@@ -361,7 +361,7 @@ def iter_line_blocks(path: Path, block_bytes: int = 8 << 20) -> Iterator[tuple[b
     if str(path).endswith(".gz"):
         rest = b""
         with gzip.open(path, "rb") as fh:
-            while chunk := _read_gz(fh, block_bytes, path, lambda: lineno + rest.count(b"\n")):
+            while chunk := _read_gz(fh, block_bytes, path, lineno):
                 data = rest + chunk
                 cut = data.rfind(b"\n")
                 if cut < 0:

@@ -14,7 +14,7 @@ import polars as pl
 
 from ...errors import InputError
 from ..raw import RawData
-from .base import PARSE_ERRORS, ReaderOptions, explain_parse_error, expand_paths, read_lines, reading
+from .base import PARSE_ERRORS, ReaderOptions, expand_paths, explain_parse_error, read_lines, reading
 
 __all__ = ["ML100K_GENRES", "read"]
 

@@ -15,7 +15,15 @@ import polars as pl
 
 from ...errors import InputError
 from ..raw import RawData
-from .base import PARSE_ERRORS, ReaderOptions, check_columns, explain_parse_error, expand_paths, first_line, reading
+from .base import (
+    PARSE_ERRORS,
+    ReaderOptions,
+    check_columns,
+    expand_paths,
+    explain_parse_error,
+    first_line,
+    reading,
+)
 
 __all__ = ["parse_header", "read"]
 

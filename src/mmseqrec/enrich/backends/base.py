@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import Field
+
 from ...config import Config
 
 __all__ = ["Backend", "BackendInfo", "Decoding", "GenRequest", "GenResponse", "resize_to_budget"]
@@ -21,9 +23,9 @@ __all__ = ["Backend", "BackendInfo", "Decoding", "GenRequest", "GenResponse", "r
 class Decoding(Config):
     """Decoding parameters; part of the cache key. Greedy unless ``temperature > 0``."""
 
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
 
     def key(self) -> str:
         """Canonical JSON (sorted keys) used in cache keys and stored with every output."""
