@@ -28,7 +28,7 @@ def build_experiment(config: Path | None = None, data: Path | None = None, model
     from ..train.config import ExperimentConfig
 
     raw: dict[str, Any] = json.loads(json.dumps(base or {}))
-    source = "config"
+    source = "options (--set and flags)"
     if config is not None:
         source = str(config)
         if not config.exists():
@@ -104,6 +104,7 @@ def register(app: typer.Typer) -> None:
             "--exclude-history/--include-history", help="Default: the run's setting.")] = None,
         data: Annotated[Path | None, typer.Option(help="Dataset directory (default: the run's).")] = None,
         device: Annotated[str | None, typer.Option(help="cpu | cuda (default: the run's).")] = None,
+        force: Annotated[bool, typer.Option(help="Score --data even if it is not the run's dataset.")] = False,
     ) -> None:
         """Re-score a trained run (best checkpoint); writes RUN/eval-<protocol>.json and ranks-<protocol>.parquet."""
         from ..data.split import leave_one_out
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
 
         if split not in ("test", "valid"):
             raise InputError(f"unknown split {split!r}; choose test or valid", field="--split")
-        loaded = load_run(run, device=device, data_dir=data)
+        loaded = load_run(run, device=device, data_dir=data, force=force)
         cfg = loaded.config
         proto = str(Protocol.parse(protocol or cfg.eval.protocol))
         sp = leave_one_out(loaded.dataset.sequences, cfg.data.min_len)
@@ -125,8 +126,10 @@ def register(app: typer.Typer) -> None:
         excl = cfg.eval.exclude_history if exclude_history is None else exclude_history
         name = f"eval-{protocol_slug(proto)}" + ("" if split == "test" else "-valid")
         res.save_ranks(run / f"ranks-{protocol_slug(proto)}{'' if split == 'test' else '-valid'}.parquet")
+        ds = loaded.dataset
         atomic_write_json(run / f"{name}.json", {"protocol": str(res.protocol), "split": split,
-                                                 "exclude_history": excl, "metrics": res.metrics})
+                                                 "exclude_history": excl, "metrics": res.metrics,
+                                                 "data": {"path": str(ds.path), **ds.identity, "forced": force}})
         console.print(_metrics_table(f"{split} ({res.protocol})", res.metrics))
         console.print(f"wrote {run / (name + '.json')}")
 
@@ -137,12 +140,14 @@ def register(app: typer.Typer) -> None:
         k: Annotated[int, typer.Option("-k", "--k", help="Number of items.")] = 10,
         include_seen: Annotated[bool, typer.Option(help="Allow items of the history.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+        data: Annotated[Path | None, typer.Option(help="Dataset directory (default: the run's).")] = None,
+        force: Annotated[bool, typer.Option(help="Use --data even if it is not the run's dataset.")] = False,
     ) -> None:
         """Print the top-K items with scores for a history of original item ids."""
         from ..serve.recommend import recommend
 
         items = [h.strip() for h in history.split(",") if h.strip()]
-        res = recommend(run, items, k=k, exclude_seen=not include_seen)
+        res = recommend(run, items, k=k, exclude_seen=not include_seen, data_dir=data, force=force)
         if as_json:
             typer.echo(json.dumps({"items": [{"item_id": i, "title": t, "score": s} for i, t, s in res.items],
                                    "unknown": res.unknown}))

@@ -75,7 +75,8 @@ def _rescore(run_dir: Path, protocol: str) -> dict[str, Any]:
     test = evaluate_model(run.model, split.test, split, run.config, run.device, protocol=protocol, popularity=pop)
     test.save_ranks(run_dir / f"ranks-{slug}.parquet")
     res = {"protocol": str(test.protocol), "exclude_history": run.config.eval.exclude_history,
-           "seed": run.config.seed, "valid": valid.metrics, "test": test.metrics}
+           "seed": run.config.seed, "valid": valid.metrics, "test": test.metrics,
+           "data": {"path": str(run.dataset.path), **run.dataset.identity}}
     atomic_write_json(path, res)
     return res
 

@@ -27,10 +27,11 @@ class RecommendResult:
 class Recommender:
     """A loaded run that answers many queries (loads the checkpoint and the item table once)."""
 
-    def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None) -> None:
+    def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None,
+                 force: bool = False) -> None:
         from ..train.run import load_run
 
-        self.run = load_run(run_dir, device=device, data_dir=data_dir)
+        self.run = load_run(run_dir, device=device, data_dir=data_dir, force=force)
         ds = self.run.dataset
         self.index = ds.item_index()
         self.ids = ds.item_ids()
@@ -58,7 +59,7 @@ class Recommender:
 
 
 def recommend(run_dir: str | Path, history: list[str], k: int = 10, exclude_seen: bool = True,
-              device: str | None = "cpu") -> RecommendResult:
+              device: str | None = "cpu", data_dir: str | Path | None = None, force: bool = False) -> RecommendResult:
     """Top-``k`` items for ``history`` (original item ids, oldest first) with the run's best checkpoint.
 
     Parameters
@@ -68,5 +69,7 @@ def recommend(run_dir: str | Path, history: list[str], k: int = 10, exclude_seen
     k : number of items.
     exclude_seen : never recommend an item of the history.
     device : torch device for scoring.
+    data_dir, force : another copy of the run's dataset (default: the recorded path); ``force`` allows a
+        dataset with other content (same item count), see :func:`mmseqrec.train.run.check_data`.
     """
-    return Recommender(run_dir, device=device)(list(history), k, exclude_seen)
+    return Recommender(run_dir, device=device, data_dir=data_dir, force=force)(list(history), k, exclude_seen)
