@@ -56,7 +56,13 @@ def prepare_cmd(
     ] = None,
     dedup: Annotated[str, typer.Option(help="Repeated (user, item) pairs: all, first or last.")] = "all",
     min_rating: Annotated[float | None, typer.Option(help="Keep interactions with rating >= this.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out directory.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace an existing --out directory. Derived data (enrich/, embed/) is kept when the "
+            "interactions and items are unchanged, else moved to OUT.derived-<time>/; never deleted."
+        ),
+    ] = False,
     download: Annotated[
         str | None,
         typer.Option(
@@ -128,8 +134,11 @@ def prepare_cmd(
         },
         source="command line",
     )
-    ds = prepare(format, paths, out, overwrite=overwrite, config=cfg, reader_options=ropts)
+    notes: list[str] = []
+    ds = prepare(format, paths, out, overwrite=overwrite, config=cfg, reader_options=ropts, notes=notes)
     m = ds.manifest
+    for note in notes:
+        Console(stderr=True).print(f"[bold]note:[/] {note}", highlight=False, soft_wrap=True)
     Console().print(
         f"wrote {ds.path}: {m['n_users']:,} users, {m['n_items']:,} items, "
         f"{m['n_interactions']:,} interactions",
