@@ -88,6 +88,24 @@ class Backend(Protocol):
         ...
 
 
+def redact_url(url: str) -> str:
+    """``url`` without secrets, for everything stored or printed: the user:password part becomes ``***@`` and
+    every query value ``***`` (``http://u:pw@host/v1?token=abc`` -> ``http://***@host/v1?token=***``)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    if parts.query and not query:
+        query = "***"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, "***" if parts.fragment else ""))
+
+
 def resize_to_budget(image: Any, max_pixels: int) -> Any:
     """Downscale a PIL image (keeping its aspect ratio) so that ``width * height <= max_pixels``."""
     w, h = image.size

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .base import BackendInfo, GenRequest, GenResponse, resize_to_budget, to_pil
+from .base import BackendInfo, GenRequest, GenResponse, redact_url, resize_to_budget, to_pil
 
 __all__ = ["OpenAIBackend", "image_data_url"]
 
@@ -43,7 +43,8 @@ class OpenAIBackend:
                              field="--model")
         self.cfg = cfg
         self.url = cfg.api_base.rstrip("/") + "/chat/completions"
-        self.info = BackendInfo("openai", cfg.model, cfg.revision or cfg.api_base.rstrip("/"))
+        # the server URL identifies the outputs, but never with its credentials (stored in cache and Parquet)
+        self.info = BackendInfo("openai", cfg.model, cfg.revision or redact_url(cfg.api_base.rstrip("/")))
         self.api_key = os.environ.get(cfg.api_key_env, "")
 
     def _body(self, r: GenRequest) -> dict[str, Any]:
