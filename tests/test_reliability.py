@@ -181,7 +181,7 @@ def test_bad_train_options_fail_before_writing(tmp_path: Path, case: str) -> Non
     if case == "corrupt-parquet":
         p = ds / "interactions.parquet"
         p.write_bytes(p.read_bytes()[:100])
-    _expect_error(["train", "-d", ds, "-o", tmp_path / "run", *_FAST, *sum((["--set", s] for s in sets), [])],
+    _expect_error(["train", "-d", ds, "-o", tmp_path / "run", *_FAST, *[a for s in sets for a in ("--set", s)]],
                   *frags)
     assert not (tmp_path / "run").exists()  # nothing written, not even an empty run directory
 
@@ -212,7 +212,7 @@ def test_other_item_count_without_recorded_identity(trained, tmp_path: Path) -> 
 
 
 def test_other_dataset_with_same_item_count_needs_force(trained, tmp_path: Path) -> None:
-    ds, run = trained
+    _, run = trained
     # same 20 items, other interactions: the run must not be scored on it silently
     other = _dataset(tmp_path / "other", n_items=20, n_users=41)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -411,7 +411,7 @@ def test_api_base_credentials_never_stored_or_printed(tmp_path: Path, monkeypatc
                 ).exit_code == 0
     sent = []
 
-    def fake_post(self, url, json=None, **kw):  # noqa: A002 - httpx's name
+    def fake_post(self, url, json=None, **kw):
         sent.append(url)
         return httpx.Response(200, json={"choices": [{"message": {"content": "a fine item"}}],
                                          "usage": {"completion_tokens": 3}}, request=httpx.Request("POST", url))
