@@ -8,7 +8,7 @@ lists for their ``name``, so a typo in an option is an error naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
@@ -77,7 +77,7 @@ class EvalConfig(Config):
     """
 
     protocol: str = "full"
-    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
     exclude_history: bool = False
     batch_size: int = Field(512, ge=1)
 
@@ -122,6 +122,17 @@ class ExperimentConfig(Config):
             raise ValueError("regularizers must be a list of {name: ..., ...} sections")  # noqa: TRY004 (pydantic)
         return [regularizer_spec(str(r.get("name"))).config_cls.model_validate(r) if isinstance(r, dict) else r
                 for r in v]
+
+    @model_validator(mode="after")
+    def _metric(self) -> ExperimentConfig:
+        metric = self.train.select_metric
+        known = {f"{n}@{k}" for n in ("HR", "NDCG", "MRR") for k in self.eval.ks}
+        if self.eval.protocol.strip() != "full":
+            known |= {"AUC", "AUC_global"}
+        if metric not in known:
+            raise ValueError(f"train.select_metric {metric!r} is not computed under eval.protocol="
+                             f"{self.eval.protocol!r} and eval.ks={self.eval.ks}; choose one of {', '.join(sorted(known))}")
+        return self
 
     @model_validator(mode="after")
     def _resolve(self) -> ExperimentConfig:

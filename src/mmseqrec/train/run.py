@@ -60,7 +60,10 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)", field="train.device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("CUDA requested but not available", field="train.device")
     return dev
@@ -98,7 +101,10 @@ def build_model(cfg: ExperimentConfig, n_items: int, tensors: dict[str, torch.Te
     espec = item_encoder_spec(cfg.item_encoder.name)
     encoder = espec.build(cfg.item_encoder, n_items=n_items, extra_tokens=mspec.extra_tokens,
                           tensors=tensors or {})
-    backbone = mspec.build(cfg.model, int(encoder.dim))
+    try:
+        backbone = mspec.build(cfg.model, int(encoder.dim))
+    except ValueError as exc:  # a combination of sizes the backbone cannot take, e.g. width % n_heads
+        raise InputError(f"{exc} (item encoder width {int(encoder.dim)})", field="model") from None
     return SequenceModel(encoder, backbone, cfg.objective, regularizers)
 
 
