@@ -171,12 +171,18 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return ds, root / "run"
 
 
-@pytest.mark.parametrize("case", ["lr", "batch_size", "dropout", "corrupt-parquet"])
+@pytest.mark.parametrize("case", ["lr", "batch_size", "dropout", "min_len", "ks", "select_metric", "n_heads",
+                                  "device", "corrupt-parquet"])
 def test_bad_train_options_fail_before_writing(tmp_path: Path, case: str) -> None:
     ds = _dataset(tmp_path / "ds")
     sets, frags = {"lr": (["train.lr=-0.01"], ["train.lr", "greater than 0"]),
                    "batch_size": (["train.batch_size=0"], ["train.batch_size", "greater than or equal to 1"]),
                    "dropout": (["model.dropout=1.5"], ["model.dropout", "less than 1"]),
+                   "min_len": (["data.min_len=1"], ["data.min_len", "greater than or equal to 2"]),
+                   "ks": (["eval.ks=[0]"], ["eval.ks.0", "greater than or equal to 1"]),
+                   "select_metric": (["train.select_metric=NDCG@10"], ["'NDCG@10' is not computed", "NDCG@5"]),
+                   "n_heads": (["model.n_heads=3"], ["field 'model'", "not divisible by n_heads=3"]),
+                   "device": (["train.device=tpu"], ["field 'train.device'", "unknown device 'tpu'"]),
                    "corrupt-parquet": ([], ["interactions.parquet", "corrupt or truncated Parquet"])}[case]
     if case == "corrupt-parquet":
         p = ds / "interactions.parquet"

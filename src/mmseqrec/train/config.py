@@ -27,7 +27,7 @@ class DataConfig(Config):
     """
 
     path: str | None = None
-    min_len: int = Field(3, ge=1)
+    min_len: int = Field(3, ge=2)  # leave-one-out needs a valid and a test item
 
 
 class TrainConfig(Config):
