@@ -435,3 +435,13 @@ def test_api_base_credentials_never_stored_or_printed(tmp_path: Path, monkeypatc
                 assert secret.encode() not in f.read_bytes(), f
     df = pl.read_parquet(out / "enrich" / "item-summary.parquet")
     assert set(df.filter(pl.col("status") == "ok")["model_revision"]) == {"http://***@127.0.0.1:9/v1?token=***&x=***"}
+
+
+def test_dataset_reprepared_in_place_is_noticed(tmp_path: Path) -> None:
+    """`prepare --overwrite` with other data at the run's recorded path: evaluate and longtail refuse."""
+    ds = _dataset(tmp_path / "ds")
+    run = tmp_path / "run"
+    assert _run(["train", "-d", ds, "-o", run, *_FAST]).exit_code == 0
+    _dataset(ds, n_items=20, n_users=41)  # same place, same items, other interactions
+    _expect_error(["evaluate", run], "not the dataset this run was trained on")
+    _expect_error(["longtail", run], "not the dataset this run was trained on")
