@@ -200,14 +200,16 @@ def _gzip_error(path: Path, exc: BaseException) -> InputError | None:
 
 
 def locate_bad_csv_line(path: Path, sep: str = ",", quote: str | None = '"', *, header: bool = True,
-                        n_fields: int | None = None) -> InputError | None:
+                        n_fields: int | None = None, encoding: str = "utf-8") -> InputError | None:
     """The first line of a delimited text file with the wrong number of fields, an unterminated quote or
     invalid UTF-8 (error path only: a Python scan after polars rejected the file)."""
     import csv
 
-    if (err := _gzip_error(path, EOFError())) is not None or (err := _utf8_error(path)) is not None:
+    if (err := _gzip_error(path, EOFError())) is not None:
         return err
-    with open_text(path) as fh:
+    if encoding == "utf-8" and (err := _utf8_error(path)) is not None:
+        return err
+    with open_text(path, encoding) as fh:
         kw = {"quoting": csv.QUOTE_NONE} if quote is None else {"quotechar": quote}
         reader = csv.reader(fh, delimiter=sep if len(sep) == 1 else ",", strict=True, **kw)
         expected = n_fields
@@ -231,7 +233,7 @@ def locate_bad_csv_line(path: Path, sep: str = ",", quote: str | None = '"', *, 
 
 
 def explain_parse_error(path: Path, exc: BaseException, *, sep: str = ",", quote: str | None = '"',
-                        json_fields: dict | None = None, header: bool = True) -> InputError:
+                        json_fields: dict | None = None, header: bool = True, encoding: str = "utf-8") -> InputError:
     """Turn a polars/gzip error about ``path`` into an :class:`InputError` naming the line when it can be
     found (JSON lines, delimited text, truncated gzip, invalid UTF-8) and the plain reason otherwise."""
     if isinstance(exc, pl.exceptions.NoDataError):
@@ -245,7 +247,7 @@ def explain_parse_error(path: Path, exc: BaseException, *, sep: str = ",", quote
     elif name.endswith((".parquet", ".pq")):
         located = None
     else:
-        located = locate_bad_csv_line(path, sep, quote, header=header)
+        located = locate_bad_csv_line(path, sep, quote, header=header, encoding=encoding)
     return located or InputError(f"cannot parse: {_first_line_of(exc)}", file=path)
 
 

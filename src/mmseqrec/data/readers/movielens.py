@@ -48,7 +48,7 @@ def _latin1_csv(path: Path, **kw) -> pl.DataFrame:
         return pl.read_csv(io.BytesIO(data), **kw)
     except PARSE_ERRORS as exc:
         raise explain_parse_error(path, exc, sep=kw.get("separator", ","), quote=kw.get("quote_char", '"'),
-                                  header=kw.get("has_header", True)) from None
+                                  header=kw.get("has_header", True), encoding="latin-1") from None
 
 
 def _split_dat(path: Path, n: int, names: list[str]) -> pl.DataFrame:
