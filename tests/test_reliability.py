@@ -99,10 +99,12 @@ _RATINGS = "userId,movieId,rating,timestamp\n1,1,4.0,100\n1,2,3.0,101\n2,1,5.0,1
 
 
 @pytest.mark.parametrize("case", ["movies-unclosed-quote", "movielens-columns", "recbole-columns", "table-columns",
-                                  "table-jsonl", "table-non-utf8", "amazon2023-timestamp", "amazon2023-bool-time"])
+                                  "table-jsonl", "table-non-utf8", "sasrec-non-utf8", "amazon2023-non-utf8",
+                                  "amazon2023-timestamp", "amazon2023-bool-time"])
 def test_bad_line_is_named(tmp_path: Path, case: str) -> None:
     fmt = {"movies-unclosed-quote": "movielens", "movielens-columns": "movielens", "recbole-columns": "recbole",
-           "amazon2023-timestamp": "amazon2023", "amazon2023-bool-time": "amazon2023"}.get(case, "table")
+           "amazon2023-timestamp": "amazon2023", "amazon2023-bool-time": "amazon2023",
+           "sasrec-non-utf8": "sasrec-txt", "amazon2023-non-utf8": "amazon2023"}.get(case, "table")
     if case == "movies-unclosed-quote":
         src = _ml(tmp_path, _RATINGS, 'movieId,title,genres\n1,Toy Story,Comedy\n2,"Jumanji,Adventure\n3,Heat,Action\n')
         frags = ["movies.csv, line 3", "malformed CSV"]
@@ -126,6 +128,15 @@ def test_bad_line_is_named(tmp_path: Path, case: str) -> None:
         src = tmp_path / "t.csv"
         src.write_bytes(b"user_id,item_id,timestamp\n1,2,3\n1,caf\xe9,4\n2,2,5\n")
         frags = ["t.csv, line 3", "not valid UTF-8"]
+    elif case == "sasrec-non-utf8":
+        src = tmp_path / "s.txt"
+        src.write_bytes(b"1 2\n1 3\n2 caf\xe9\n")
+        frags = ["s.txt, line 3", "not valid UTF-8"]
+    elif case == "amazon2023-non-utf8":
+        src = tmp_path / "r.jsonl"
+        src.write_bytes(b'{"user_id":"u1","parent_asin":"i1","timestamp":1,"rating":5}\n'
+                        b'{"user_id":"u\xe9","parent_asin":"i1","timestamp":1,"rating":5}\n')
+        frags = ["r.jsonl, line 2", "UTF-8"]
     else:
         rows = [{"user_id": "u1", "parent_asin": f"i{i}", "timestamp": 1000 + i, "rating": 5.0} for i in range(3)]
         rows[2]["timestamp"] = "yesterday" if case == "amazon2023-timestamp" else True
