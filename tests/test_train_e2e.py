@@ -150,8 +150,29 @@ def test_cli_train_evaluate_recommend(data_dir, tmp_path, capsys):
     assert rec["unknown"] == ["nope"] and len(rec["items"]) == 3
     assert rec["items"][0]["item_id"] == "i9" and rec["items"][0]["title"] == "Item 9"
     assert all(i["item_id"] not in {"i3", "i5", "i7"} for i in rec["items"])
-    assert 0 == _cli(["recommend", str(run), "--history", "zzz"])
-    assert "zzz" in capsys.readouterr().out
+    # no usable history: a clear error naming the ids, or popularity when asked for (and labelled)
+    assert 2 == _cli(["recommend", str(run), "--history", "zzz"])
+    err = capsys.readouterr().err
+    assert "none of the 1 history id(s) is in the catalogue (zzz)" in err and "--cold popularity" in err
+    assert 2 == _cli(["recommend", str(run)])
+    assert "no history given" in capsys.readouterr().err
+    assert 2 == _cli(["recommend", str(run), "--history", " , "])
+    assert "no history given" in capsys.readouterr().err
+    assert 0 == _cli(["recommend", str(run), "--history", "zzz", "--cold", "popularity", "-k", "2", "--json"])
+    pop = json.loads(capsys.readouterr().out)
+    inter = pl.read_parquet(data_dir / "interactions.parquet")
+    train_part = inter.filter(pl.int_range(pl.len()).over("user") < SEQ_LEN - 2)  # leave-one-out training prefixes
+    counts = np.bincount(train_part["item"].to_numpy())
+    best = np.argsort(-counts, kind="stable")[:2]
+    assert pop["source"] == "popularity" and pop["unknown"] == ["zzz"]
+    assert [i["score"] for i in pop["items"]] == counts[best].astype(float).tolist()
+    assert 0 == _cli(["recommend", str(run), "--cold", "popularity", "-k", "2"])
+    assert "POPULARITY" in capsys.readouterr().out
+    for bad in ("-5", "0"):
+        assert 2 == _cli(["recommend", str(run), "--history", "i3", "-k", bad])
+        assert "k must be at least 1" in capsys.readouterr().err
+    assert 2 == _cli(["recommend", str(run), "--history", "i3", "--cold", "random"])
+    assert "unknown cold-start policy" in capsys.readouterr().err
     # user errors: one line, exit code 2
     assert 2 == _cli(["train", "--data", str(data_dir), "--model", "transformer", "--out", str(tmp_path / "x")])
     assert "bert4rec, gru4rec, sasrec" in capsys.readouterr().err
