@@ -80,16 +80,24 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML.")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override key.sub=value.")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+        epochs: Annotated[int | None, typer.Option(help="Maximum epochs (train.epochs; early stopping on "
+                                                   "validation may end sooner).")] = None,
+        device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (train.device).")] = None,
         resume: Annotated[bool, typer.Option(help="Continue RUN from its last checkpoint.")] = False,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
     ) -> None:
-        """Train a sequence model; writes RUN/metrics.json, config.yaml, model.safetensors, log.jsonl."""
+        """Train a sequence model; writes RUN/metrics.json, config.yaml, model.safetensors, log.jsonl.
+
+        Example: mmseqrec train --data DATA --model sasrec --out RUN --epochs 20 --device cpu
+        """
         from ..train.trainer import Trainer
 
         base = None
         if resume and config is None and (out / "config.yaml").exists():
             base = yaml.safe_load((out / "config.yaml").read_text())
-        cfg = build_experiment(config, data, model, protocol, seed, set_, base=base)
+        flags = ([f"train.epochs={epochs}"] if epochs is not None else []) + \
+            ([f"train.device={device}"] if device is not None else [])
+        cfg = build_experiment(config, data, model, protocol, seed, [*flags, *(set_ or [])], base=base)
         metrics = Trainer(cfg, out, resume=resume, overwrite=overwrite).fit()
         console.print(_metrics_table(f"test ({metrics['protocol']}, best epoch {metrics['best_epoch']})",
                                      metrics["test"]))
