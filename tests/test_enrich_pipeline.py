@@ -360,7 +360,7 @@ def test_image_views_without_an_image_are_skipped_never_faked(ds: Path) -> None:
     for item in (2, 3, 4):
         assert got[(item, "text")][0] == "ok"
         for view in ("image", "both"):
-            status, reason, tpl = got[(item, view)]
+            status, _, tpl = got[(item, view)]
             assert status == "skipped" and tpl is None
     assert got[(2, "image")][1].startswith("image file not found: ")
     assert got[(3, "both")][1].startswith("corrupt image: ")

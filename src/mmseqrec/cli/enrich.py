@@ -92,9 +92,9 @@ def print_summary(res) -> None:
     for view, c in (info.get("views") or {}).items():
         t.add_row(f"view {view}", str(sum(c.values())), str(c["ok"]), str(c["failed"]), str(c["skipped"]))
     console.print(t)
-    lines = [f"this run: {run['generated']} generated ({run['failed']} failed), {run['from_cache']} from cache; "
-             f"{run['seconds']:.1f} s, {run[f'{unit}_per_s']:.2f} {unit}/s "
-             f"({run['generations_per_s']:.2f} generations/s)"]
+    lines = [(f"this run: {run['generated']} generated ({run['failed']} failed), {run['from_cache']} from cache; "
+              f"{run['seconds']:.1f} s, {run[f'{unit}_per_s']:.2f} {unit}/s "
+              f"({run['generations_per_s']:.2f} generations/s)")]
     if units["beyond_limit"]:
         lines.append(f"{units['beyond_limit']} {unit} beyond --limit (not processed)")
     other = {k: v for k, v in info["skipped_reasons"].items() if k != "beyond --limit"}
