@@ -271,7 +271,7 @@ def _progress(enabled: bool):
 
     from ..progress import progress_bar, rate_column
 
-    return progress_bar(rate_column(), enabled=True) if enabled else nullcontext(None)
+    return progress_bar(rate_column("outputs/s"), enabled=True) if enabled else nullcontext(None)
 
 
 def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = None, *,
