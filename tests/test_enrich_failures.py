@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import ENRICH_CHILD
 from test_enrich_pipeline import make_dataset
 from typer.testing import CliRunner
 
@@ -109,41 +109,13 @@ def test_nothing_succeeded_exits_non_zero_with_reasons(ds: Path, stub: str) -> N
     assert df["status"].to_list()[:3] == ["failed"] * 3
 
 
-CHILD = textwrap.dedent("""
-    import os, sys, time
-    from mmseqrec.enrich import EnrichConfig, GenResponse, register_backend, run_enrich, BackendConfig
-    from mmseqrec.enrich.backends.base import BackendInfo
-    log = open(sys.argv[2], "a")
-
-    class Slow:
-        supports_images = True
-        info = BackendInfo("slow", "slow-model", "1")
-        def generate(self, reqs):
-            out = []
-            for r in reqs:
-                log.write(r.context["title"] + "\\n"); log.flush()
-                while os.path.exists(sys.argv[3]):  # the test holds this run until the second one has tried
-                    time.sleep(0.01)
-                out.append(GenResponse("text of " + r.context["title"]))
-            return out
-
-    register_backend("slow", lambda cfg: Slow())
-    try:
-        run_enrich(sys.argv[1], EnrichConfig(task="item-summary", backend=BackendConfig(backend="slow",
-                   batch_size=2)), progress=False)
-        print("finished", flush=True)
-    except Exception as exc:
-        print(type(exc).__name__, exc, flush=True)
-""")
-
-
 def test_concurrent_runs_of_one_task_never_generate_twice(ds: Path, tmp_path: Path) -> None:
     """Before: two concurrent runs generated the same items twice. Now the second is refused with a clear
     message while the first writes, and every item is generated exactly once."""
     log = tmp_path / "calls.log"
     log.touch()
     script = tmp_path / "child.py"
-    script.write_text(CHILD)
+    script.write_text(ENRICH_CHILD)
     hold = tmp_path / "hold"
     hold.touch()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

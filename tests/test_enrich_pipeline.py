@@ -10,13 +10,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from helpers import ENRICH_CHILD
 from PIL import Image
 
 from mmseqrec.cli import main
@@ -219,29 +219,6 @@ def test_backend_crash_is_recorded_not_raised(ds: Path) -> None:
     assert df["reason"].to_list() == ["RuntimeError: CUDA out of memory (simulated)"] * 4
 
 
-CHILD = textwrap.dedent("""
-    import sys, time
-    from mmseqrec.enrich import EnrichConfig, GenResponse, register_backend, run_enrich, BackendConfig
-    from mmseqrec.enrich.backends.base import BackendInfo
-    log = open(sys.argv[2], "a")
-
-    class Slow:
-        supports_images = True
-        info = BackendInfo("slow", "slow-model", "1")
-        def generate(self, reqs):
-            out = []
-            for r in reqs:
-                time.sleep(0.05)
-                log.write(r.context["title"] + "\\n"); log.flush()
-                out.append(GenResponse("text of " + r.context["title"]))
-            return out
-
-    register_backend("slow", lambda cfg: Slow())
-    run_enrich(sys.argv[1], EnrichConfig(task="item-summary", backend=BackendConfig(backend="slow", batch_size=2)),
-               progress=False)
-""")
-
-
 def test_crash_resume_loses_and_recomputes_nothing(tmp_path: Path) -> None:
     n = 40
     root = tmp_path / "ds"
@@ -254,7 +231,7 @@ def test_crash_resume_loses_and_recomputes_nothing(tmp_path: Path) -> None:
     log = tmp_path / "calls.log"
     log.touch()
     script = tmp_path / "child.py"
-    script.write_text(CHILD)
+    script.write_text(ENRICH_CHILD)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen([sys.executable, str(script), str(root), str(log)], env=env)
     deadline = time.time() + 60
