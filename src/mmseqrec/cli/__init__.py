@@ -37,6 +37,22 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"mmseqrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version,
+                                 is_eager=True),
+) -> None:
+    """Multimodal sequential recommendation enhanced by multimodal LLMs."""
+
 # Explicit table of command modules (no auto-discovery). Each module exposes ``register(app)``.
 _COMMAND_MODULES = ("data", "enrich", "embed", "train", "evaluate", "experiment")
 

@@ -153,13 +153,14 @@ def _short(value: Any) -> str:
 
 
 def info_cmd(path: Annotated[Path, typer.Argument(help="A prepared dataset directory.")]) -> None:
-    """Print the manifest of a dataset directory as a table."""
+    """Print the manifest of a dataset directory and its statistics (sequence lengths, sparsity) as a table."""
     from rich.console import Console
     from rich.table import Table
 
     from ..data import DatasetDir
 
-    m = DatasetDir(path).manifest
+    ds = DatasetDir(path)
+    m = ds.manifest
     table = Table(title=str(path), show_header=True)
     table.add_column("key", style="bold")
     table.add_column("value", overflow="fold")
@@ -176,6 +177,11 @@ def info_cmd(path: Annotated[Path, typer.Argument(help="A prepared dataset direc
         if key in m:
             v = m[key]
             table.add_row(key, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+    st = ds.stats()
+    table.add_row("sequence length", f"min {st['len_min']:,}, median {st['len_median']:g}, "
+                  f"mean {st['len_mean']:.2f}, max {st['len_max']:,} (interactions per user)")
+    table.add_row("interactions per item", f"median {st['item_inter_median']:g}")
+    table.add_row("sparsity", f"{st['sparsity']:.4%} of user x item pairs empty")
     filters = m.get("filters") or []
     if not filters:
         table.add_row("filters", "none")

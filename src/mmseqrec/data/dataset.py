@@ -162,6 +162,24 @@ class DatasetDir:
             n_users=self.n_users, n_items=self.n_items,
         )
 
+    def stats(self) -> dict[str, float]:
+        """Sequence-length statistics per user (``len_min``, ``len_median``, ``len_mean``, ``len_max``), the
+        interactions per item (``item_inter_median``) and the sparsity ``1 - distinct (user, item) pairs /
+        (n_users * n_items)``."""
+        lengths = self.sequences.lengths[1 : self.n_users + 1]
+        df = self.interactions
+        pairs = int(df.select(pl.struct("user", "item").n_unique()).item()) if df.height else 0
+        per_item = np.bincount(df["item"].to_numpy(), minlength=self.n_items + 1)[1:]
+        cells = self.n_users * self.n_items
+        return {
+            "len_min": int(lengths.min()) if lengths.size else 0,
+            "len_median": float(np.median(lengths)) if lengths.size else 0.0,
+            "len_mean": float(lengths.mean()) if lengths.size else 0.0,
+            "len_max": int(lengths.max(initial=0)),
+            "item_inter_median": float(np.median(per_item)) if per_item.size else 0.0,
+            "sparsity": 1.0 - pairs / cells if cells else 1.0,
+        }
+
     def item_index(self) -> dict[str, int]:
         """Original item id -> internal id."""
         it = self.items

@@ -16,8 +16,14 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import Field
 
 from ...config import Config
+from ...errors import MmseqrecError
 
-__all__ = ["Backend", "BackendInfo", "Decoding", "GenRequest", "GenResponse", "resize_to_budget"]
+__all__ = ["Backend", "BackendInfo", "BackendUnavailable", "Decoding", "GenRequest", "GenResponse",
+           "resize_to_budget"]
+
+
+class BackendUnavailable(MmseqrecError):
+    """The backend cannot serve any request (e.g. no server listens at its address); the run stops."""
 
 
 class Decoding(Config):
