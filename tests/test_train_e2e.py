@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+import yaml
 from helpers import write_cycle_dataset
 
 from mmseqrec.cli import main
@@ -253,3 +254,12 @@ def test_defaults_resolve_to_sasrec_with_id_table():
     assert isinstance(cfg.model, SASRecConfig) and isinstance(cfg.item_encoder, IdEmbeddingConfig)
     assert cfg.model.max_len == 30 and cfg.model.causal and cfg.objective.name == "bce"
     assert cfg.eval.protocol == "full" and cfg.eval.ks == [5, 10, 20] and cfg.train.select_metric == "NDCG@10"
+
+
+def test_cli_train_epochs_and_device_flags(data_dir, tmp_path):
+    run = tmp_path / "flags"
+    assert 0 == _cli(["train", "--data", str(data_dir), "--model", "gru4rec", "--out", str(run), "--epochs", "2",
+                      "--device", "cpu", "--set", "train.progress=false", "--set", "train.batch_size=64"])
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["train"]["epochs"] == 2 and cfg["train"]["device"] == "cpu"
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2

@@ -38,10 +38,11 @@ class RecommendResult:
 class Recommender:
     """A loaded run that answers many queries (loads the checkpoint and the item table once)."""
 
-    def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None) -> None:
+    def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None,
+                 force: bool = False) -> None:
         from ..train.run import load_run
 
-        self.run = load_run(run_dir, device=device, data_dir=data_dir)
+        self.run = load_run(run_dir, device=device, data_dir=data_dir, force=force)
         ds = self.run.dataset
         self.index = ds.item_index()
         self.ids = ds.item_ids()
@@ -106,7 +107,8 @@ class Recommender:
 
 
 def recommend(run_dir: str | Path, history: list[str], k: int = 10, exclude_seen: bool = True,
-              device: str | None = "cpu", cold: Literal["error", "popularity"] = "error") -> RecommendResult:
+              device: str | None = "cpu", cold: Literal["error", "popularity"] = "error",
+              data_dir: str | Path | None = None, force: bool = False) -> RecommendResult:
     """Top-``k`` items for ``history`` (original item ids, oldest first) with the run's best checkpoint.
 
     Parameters
@@ -118,5 +120,7 @@ def recommend(run_dir: str | Path, history: list[str], k: int = 10, exclude_seen
     device : torch device for scoring.
     cold : what to do when no history id is known: ``"error"`` (an :class:`~mmseqrec.errors.InputError`) or
         ``"popularity"`` (the most popular training items; ``result.source == "popularity"``).
+    data_dir, force : another copy of the run's dataset (default: the recorded path); ``force`` allows a
+        dataset with other content (same item count), see :func:`mmseqrec.train.run.check_data`.
     """
-    return Recommender(run_dir, device=device)(list(history), k, exclude_seen, cold)
+    return Recommender(run_dir, device=device, data_dir=data_dir, force=force)(list(history), k, exclude_seen, cold)
