@@ -250,3 +250,21 @@ def test_grid_with_pop_and_itemknn_variants(data_dir, tmp_path):
         assert (r.run_dir / "eval-sampled-5.json").exists()
     csv = pl.read_csv(write_report(load_grid(grid_file), tmp_path / "out")["csv"])
     assert {"pop", "itemknn", "sasrec"} <= set(csv["backbone"].to_list())
+
+
+def test_every_results_grid_carries_pop_and_itemknn():
+    """Every results table (and the demo) has Pop and ItemKNN rows, and every planned run config validates."""
+    from mmseqrec.experiment import load_grid
+    from mmseqrec.experiment.runner import plan_runs
+    from mmseqrec.train.config import load_experiment
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "experiments"
+    validation_only = {"ablation-dmesr.yaml", "demo-dmesr.yaml"}  # options on validation / the multimodal demo
+    files = sorted(p for p in root.glob("*.yaml") if p.name not in validation_only)
+    assert {"table-movielens.yaml", "table-synthetic.yaml", "demo-backbones.yaml"} <= {p.name for p in files}
+    for f in files:
+        runs = plan_runs(load_grid(f), "/nonexistent")
+        assert {"pop", "itemknn"} <= {r.backbone for r in runs}, f.name
+        for r in runs:
+            cfg = load_experiment(base=r.config)
+            assert cfg.model.name == r.backbone
