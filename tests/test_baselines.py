@@ -122,14 +122,17 @@ def test_itemknn_scores_by_hand_sequential_decay_and_fallback():
     torch.testing.assert_close(m.score(h, c), m.score_all(h).gather(1, c), rtol=0, atol=0)
 
 
-def test_itemknn_chunked_scoring_matches_one_pass(monkeypatch):
+def test_itemknn_blocked_fit_and_chunked_scoring_match_one_pass(monkeypatch):
     from mmseqrec.models import baselines
 
-    m = _knn(k=3, last_n=3, decay=0.7)
+    m = _knn(k=3, last_n=3, decay=0.7, shrink=2.0)
     h = torch.tensor([[0, 1, 3], [2, 4, 5], [0, 0, 0], [5, 5, 1]])
     full = m.score_all(h)
     monkeypatch.setattr(baselines, "_GATHER", 1)  # one history per chunk
+    monkeypatch.setattr(baselines, "_BLOCK", 1)  # one item row per similarity block
     torch.testing.assert_close(m.score_all(h), full, rtol=0, atol=0)
+    m2 = _knn(k=3, last_n=3, decay=0.7, shrink=2.0)
+    assert torch.equal(m2.neighbours, m.neighbours) and torch.equal(m2.similarities, m.similarities)
 
 
 # ----------------------------------------------------------------------------- training data only
@@ -268,3 +271,14 @@ def test_every_results_grid_carries_pop_and_itemknn():
         for r in runs:
             cfg = load_experiment(base=r.config)
             assert cfg.model.name == r.backbone
+
+
+def test_bad_baseline_options_are_one_line_errors(data_dir, tmp_path, capsys):
+    for model, opt in (("itemknn", "model.k=0"), ("itemknn", "model.decay=0"), ("itemknn", "model.shrink=-1"),
+                       ("pop", "model.dropout=0.1")):
+        capsys.readouterr()
+        assert 2 == _cli(["train", "--model", model, "--data", str(data_dir), "--out", str(tmp_path / "x"),
+                          "--set", opt])
+        err = capsys.readouterr().err
+        assert "model." in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()

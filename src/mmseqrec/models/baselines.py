@@ -44,8 +44,8 @@ from ..config import Config
 
 __all__ = ["ClosedFormModel", "ItemKNN", "ItemKNNConfig", "Pop", "PopConfig", "build_itemknn", "build_pop"]
 
-_BLOCK = 1 << 23  # similarity entries per dense block while fitting (about 64 MiB of float64)
-_GATHER = 1 << 24  # gathered neighbour entries per scoring chunk
+_BLOCK = 1 << 22  # similarity entries per dense block while fitting (32 MiB per float64 block)
+_GATHER = 1 << 22  # gathered neighbour entries per scoring chunk
 
 
 class PopConfig(Config):
