@@ -135,6 +135,39 @@ def test_itemknn_blocked_fit_and_chunked_scoring_match_one_pass(monkeypatch):
     assert torch.equal(m2.neighbours, m.neighbours) and torch.equal(m2.similarities, m.similarities)
 
 
+def test_itemknn_matches_a_dense_reference_on_random_data():
+    """Dense numpy re-computation (full similarity matrix, stable row sort, per-history loop) on random data."""
+    rng = np.random.default_rng(3)
+    n_items, k, shrink, last_n, decay = 25, 4, 3.0, 6, 0.7
+    lists = [rng.integers(1, n_items + 1, rng.integers(1, 12)).tolist() for _ in range(40)]
+    m = ItemKNN(ItemKNNConfig(k=k, shrink=shrink, last_n=last_n, decay=decay), n_items)
+    m.fit(*_csr(lists))
+    x = np.zeros((len(lists), n_items + 1))
+    for u, seq in enumerate(lists):
+        x[u, seq] = 1.0
+    co, norm = x.T @ x, np.sqrt(x.sum(0))
+    sim = np.where(co > 0, co / (np.outer(norm, norm) + shrink), 0.0)
+    np.fill_diagonal(sim, 0.0)
+    sim[:, 0] = 0.0
+    pruned = np.zeros_like(sim)
+    for i in range(1, n_items + 1):
+        top = np.argsort(-sim[i], kind="stable")[:k]
+        pruned[i, top] = sim[i, top]
+    pop = np.bincount(np.concatenate(lists), minlength=n_items + 1)  # interactions, repeats included
+    hist = [rng.integers(1, n_items + 1, 9).tolist() for _ in range(6)] + [[3, 3, 3]]
+    h = torch.zeros(len(hist), 9, dtype=torch.long)
+    for r, seq in enumerate(hist):
+        h[r, 9 - len(seq):] = torch.tensor(seq)
+    got = m.score_all(h).double().numpy()
+    for r, seq in enumerate(hist):
+        weights = {}
+        for age, item in enumerate(reversed(seq[-last_n:])):
+            weights.setdefault(item, decay ** age)  # most recent occurrence
+        want = sum(w * pruned[i] for i, w in weights.items())
+        want = np.where(want > 0, want, pop / (pop.max() + 1) - 1)
+        np.testing.assert_allclose(got[r, 1:], want[1:], rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- training data only
 def test_pop_and_itemknn_never_see_validation_or_test_items():
     # items 8 and 9 only ever appear as a user's last two items (validation, test)

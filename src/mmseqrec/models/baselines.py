@@ -33,6 +33,7 @@ Choices (documented, tested):
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import numpy as np
@@ -77,7 +78,7 @@ class ItemKNNConfig(Config):
     fallback: Literal["none", "popularity"] = "popularity"
 
 
-class ClosedFormModel(nn.Module):
+class ClosedFormModel(nn.Module, ABC):
     """A model fitted once from training sequences (no gradient steps), scored like a ``SequenceModel``.
 
     Subclasses register fixed-shape buffers in ``__init__`` and fill them in :meth:`fit`.
@@ -86,14 +87,14 @@ class ClosedFormModel(nn.Module):
     n_items: int
     max_len: int = 200
 
+    @abstractmethod
     def fit(self, items: np.ndarray, indptr: np.ndarray) -> None:
         """Fit from training sequences in CSR form: user ``u``'s training items, oldest first, are
         ``items[indptr[u]:indptr[u + 1]]`` (ids ``1..n_items``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def score_all(self, input_ids: Tensor) -> Tensor:
         """Scores ``[B, n_items + 1]`` of left-padded histories ``[B, L]``; column 0 (padding) is ``-inf``."""
-        raise NotImplementedError
 
     def score(self, input_ids: Tensor, candidates: Tensor) -> Tensor:
         """Scores ``[B, C]`` of ``candidates [B, C]``: the same numbers as :meth:`score_all` (one computation,
