@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-__all__ = ["write_cycle_dataset"]
+__all__ = ["run_cli", "write_cycle_dataset"]
 
 
 def write_cycle_dataset(root: Path, n_users: int, n_items: int, seq_len: int) -> Path:
@@ -32,3 +32,14 @@ def write_cycle_dataset(root: Path, n_users: int, n_items: int, seq_len: int) ->
     (root / "manifest.json").write_text(json.dumps({"format": "synthetic", "n_users": n_users,
                                                     "n_items": n_items, "n_interactions": len(items)}))
     return root
+
+
+def run_cli(args: list[str]) -> int:
+    """Run the ``mmseqrec`` entry point; return its exit code (typer exits 0 on success)."""
+    from mmseqrec.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0

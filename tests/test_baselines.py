@@ -11,9 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from helpers import write_cycle_dataset
+from helpers import run_cli, write_cycle_dataset
 
-from mmseqrec.cli import main
 from mmseqrec.cli.train import build_experiment
 from mmseqrec.data.dataset import SequenceData
 from mmseqrec.data.split import leave_one_out
@@ -191,12 +190,7 @@ def data_dir(tmp_path_factory) -> Path:
     return write_cycle_dataset(tmp_path_factory.mktemp("data") / "ds", N_USERS, N_ITEMS, SEQ_LEN)
 
 
-def _cli(args):
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
+_cli = run_cli
 
 
 def _top(run, history, capsys, *extra):
