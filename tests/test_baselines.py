@@ -229,11 +229,11 @@ def test_cli_itemknn_and_pop_train_evaluate_compare_recommend(data_dir, tmp_path
         assert pl.read_parquet(run / "ranks.parquet").height == N_USERS
         for proto, slug in (("full", "full"), ("sampled:10", "sampled-10"),
                             ("sampled:10:popularity", "sampled-10-popularity"), ("candidates:10", "candidates-10")):
-            assert 0 == _cli(["evaluate", str(run), "--protocol", proto])
+            assert 0 == _cli(["evaluate", str(run), "--protocol", proto, "--split", "both"])
             out = json.loads((run / f"eval-{slug}.json").read_text())
-            assert out["protocol"].startswith(proto) and 0 <= out["metrics"]["HR@10"] <= 1
+            assert out["protocol"].startswith(proto) and 0 <= out["test"]["HR@10"] <= 1 and "HR@10" in out["valid"]
         full = json.loads((run / "eval-full.json").read_text())
-        assert full["metrics"] == m["test"]  # re-scoring the saved run gives the trained run's numbers
+        assert full["test"] == m["test"] and full["valid"] == m["valid"]  # re-scoring the saved run gives the trained run's numbers
     # the cycle walks with step 1 or 2, so the last two items pin the next one: ItemKNN on the last 2 items
     # beats popularity (uniform here: every item is equally frequent) by far
     knn = json.loads((runs["itemknn"] / "metrics.json").read_text())["test"]
