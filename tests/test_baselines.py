@@ -16,7 +16,7 @@ from helpers import run_cli, write_cycle_dataset
 from mmseqrec.cli.train import build_experiment
 from mmseqrec.data.dataset import SequenceData
 from mmseqrec.data.split import leave_one_out
-from mmseqrec.models.baselines import ItemKNN, ItemKNNConfig, Pop, _topk_rows
+from mmseqrec.models.baselines import ItemKNN, ItemKNNConfig, Pop, _topk_rows, _topk_sparse
 from mmseqrec.train import Trainer, load_run
 from mmseqrec.train.run import item_popularity, training_sequences
 
@@ -95,6 +95,10 @@ def test_topk_ties_go_to_the_lower_item_id():
     cols, vals = _topk_rows(sim, 3)
     assert cols.tolist() == [[1, 3, 2], [2, 3, 4]]
     assert vals.tolist() == [[0.5, 0.5, 0.2], [0.3, 0.3, 0.3]]
+    r, c = sim.numpy().nonzero()
+    rng = np.random.default_rng(0).permutation(r.size)  # the sparse path does not rely on the entries' order
+    scols, svals = _topk_sparse(r[rng], c[rng], sim.numpy()[r, c][rng], 2, 3)
+    assert scols.tolist() == cols.tolist() and svals.tolist() == vals.tolist()
 
 
 def test_itemknn_scores_by_hand_sequential_decay_and_fallback():
@@ -130,12 +134,18 @@ def test_itemknn_blocked_fit_and_chunked_scoring_match_one_pass(monkeypatch):
     monkeypatch.setattr(baselines, "_GATHER", 1)  # one history per chunk
     monkeypatch.setattr(baselines, "_BLOCK", 1)  # one item row per similarity block
     torch.testing.assert_close(m.score_all(h), full, rtol=0, atol=0)
-    m2 = _knn(k=3, last_n=3, decay=0.7, shrink=2.0)
-    assert torch.equal(m2.neighbours, m.neighbours) and torch.equal(m2.similarities, m.similarities)
+    for dense in (0.0, 2.0):  # dense and sparse pruning of each block
+        monkeypatch.setattr(baselines, "_DENSE", dense)
+        m2 = _knn(k=3, last_n=3, decay=0.7, shrink=2.0)
+        assert torch.equal(m2.neighbours, m.neighbours) and torch.equal(m2.similarities, m.similarities)
 
 
-def test_itemknn_matches_a_dense_reference_on_random_data():
+@pytest.mark.parametrize("dense", [0.0, 2.0])  # every block pruned as a dense tensor / on its non-zeros
+def test_itemknn_matches_a_dense_reference_on_random_data(dense, monkeypatch):
     """Dense numpy re-computation (full similarity matrix, stable row sort, per-history loop) on random data."""
+    from mmseqrec.models import baselines
+
+    monkeypatch.setattr(baselines, "_DENSE", dense)
     rng = np.random.default_rng(3)
     n_items, k, shrink, last_n, decay = 25, 4, 3.0, 6, 0.7
     lists = [rng.integers(1, n_items + 1, rng.integers(1, 12)).tolist() for _ in range(40)]
