@@ -13,8 +13,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..config import dump_config
-from ..fileio import atomic_write_json, atomic_write_text
-from .checkpoint import save_model
+from ..fileio import atomic_write_text
+from .checkpoint import save_model, write_checkpoint
 from .run import BEST, CONFIG, LOG, STATE, training_sequences
 
 if TYPE_CHECKING:
@@ -36,13 +36,12 @@ def fit_closed_form(trainer: Trainer) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": 1, "loss": {}, "targets": int(items.size),
                            "targets_per_s": items.size / max(seconds, 1e-9), "seconds": seconds}
     state: dict[str, Any] = {"epoch": 1, "best_metric": None, "best_epoch": 1, "bad_evals": 0, "best_valid": {},
-                             "stopped": True}
+                             "stopped": True, "data": {"path": str(trainer.ds.path), **trainer.ds.identity}}
     if len(split.valid) > 0:
         t0 = time.perf_counter()
         res = evaluate_model(trainer.model, split.valid, split, cfg, trainer.device, popularity=trainer.popularity)
         row.update(valid=res.metrics, eval_seconds=time.perf_counter() - t0)
         state.update(best_valid=res.metrics, best_metric=res.metrics.get(cfg.train.select_metric))
-    save_model(run / BEST, trainer.model, {"epoch": "1"})
-    atomic_write_json(run / STATE, state)
+    write_checkpoint(run, {BEST: lambda p: save_model(p, trainer.model, {"epoch": "1"})}, state, STATE)
     atomic_write_text(run / LOG, json.dumps(row) + "\n")
     return trainer.finish(state)
