@@ -319,3 +319,17 @@ def test_bad_baseline_options_are_one_line_errors(data_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "model." in err and "Traceback" not in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_closed_form_run_resumes_and_overwrites(data_dir, tmp_path):
+    run = tmp_path / "r"
+    assert 0 == _cli(["train", "--model", "itemknn", "--data", str(data_dir), "--out", str(run),
+                      "--set", "train.progress=false"])
+    first = json.loads((run / "metrics.json").read_text())
+    assert 0 == _cli(["evaluate", str(run), "--protocol", "sampled:5"])
+    assert 0 == _cli(["train", "--out", str(run), "--resume"])  # refits: the same numbers
+    assert json.loads((run / "metrics.json").read_text())["test"] == first["test"]
+    assert 0 == _cli(["train", "--model", "pop", "--data", str(data_dir), "--out", str(run), "--overwrite",
+                      "--set", "train.progress=false"])
+    assert not list(run.glob("eval-*.json"))  # the overwritten run's re-scores are gone
+    assert "name: pop" in (run / "config.yaml").read_text()
