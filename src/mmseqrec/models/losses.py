@@ -1,4 +1,5 @@
-"""Next-item objectives over target positions: ``bce``, ``sampled-softmax``, ``ce`` and ``gbce``.
+"""Next-item objectives over target positions: ``bce``, ``sampled-softmax``, ``ce``, ``gbce``, ``ce-chunked`` and
+``sampled-softmax-logq``.
 
 All take user states ``h [M, D]``, target ids ``t [M]`` (0 = no target, ignored) and the item matrix
 ``W [n_items + 1, D]`` (row 0 = padding, never a candidate) and return the mean loss over real targets.
@@ -13,10 +14,23 @@ gBCE (Petrov & Macdonald, gSASRec, RecSys 2023): with ``alpha = n_negatives / (n
 calibration ``t`` the positive term is ``-beta * log sigmoid(s+)`` where
 ``beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)``; negatives as in BCE; the mean is taken over the
 ``1 + n_negatives`` terms of each position, as the reference implementation's ``BCEWithLogits``.
+
+Large catalogues (see docs/scaling.md):
+
+* ``ce-chunked``: the full-softmax ``ce`` without the ``[M, n_items]`` logits. :class:`ChunkedCE` walks the items
+  in chunks of ``chunk_size`` rows with an online log-sum-exp in the forward pass and recomputes each chunk's
+  softmax in the backward pass, so memory is ``O(M * chunk_size)``; value and gradients equal ``ce``'s.
+* ``sampled-softmax-logq``: ``n_negatives`` negatives shared by the batch, drawn *with replacement* from the
+  training popularity ``Q(i) = (count_i + 1) / sum_j (count_j + 1)`` (add-one, so every item can be drawn and
+  a cold target's ``log Q`` is finite), with the sampling-bias (logQ) correction of Jean et al. (2015) / Yi et
+  al. (2019) as TensorFlow's ``sampled_softmax_loss`` applies it: every logit, the target's included, is
+  lowered by ``log(n_negatives * Q(i))``; negatives equal to the row's target are masked (no accidental hits).
+  The counts come from the trainer (:meth:`~mmseqrec.models.sequence.SequenceModel.set_sampling_counts`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -26,7 +40,8 @@ from torch import Tensor
 
 from ..config import Config
 
-__all__ = ["ObjectiveConfig", "gbce_beta", "next_item_loss"]
+__all__ = ["ChunkedCE", "ObjectiveConfig", "chunked_cross_entropy", "gbce_beta", "logq_from_counts",
+           "next_item_loss"]
 
 
 class ObjectiveConfig(Config):
@@ -34,15 +49,17 @@ class ObjectiveConfig(Config):
 
     Attributes
     ----------
-    name : ``bce`` | ``sampled-softmax`` | ``ce`` | ``gbce``.
-    n_negatives : shared negatives per batch for ``sampled-softmax`` and ``gbce``.
+    name : ``bce`` | ``sampled-softmax`` | ``ce`` | ``gbce`` | ``ce-chunked`` | ``sampled-softmax-logq``.
+    n_negatives : shared negatives per batch for ``sampled-softmax``, ``sampled-softmax-logq`` and ``gbce``.
     gbce_t : gSASRec calibration ``t`` (0 = plain BCE with N negatives, 1 = fully calibrated).
     positions : ``all`` (every position predicts the next item, the original SASRec objective) or ``last``
         (only the most recent position); ignored by BERT4Rec (cloze).
+    chunk_size : items per chunk of ``ce-chunked`` (memory ``~ 3 * rows * chunk_size`` floats).
     """
 
-    name: Literal["bce", "sampled-softmax", "ce", "gbce"] = "bce"
+    name: Literal["bce", "sampled-softmax", "ce", "gbce", "ce-chunked", "sampled-softmax-logq"] = "bce"
     n_negatives: int = Field(256, ge=1)
+    chunk_size: int = Field(65536, ge=1)
     gbce_t: float = Field(0.75, ge=0, le=1)
     positions: Literal["all", "last"] = "all"
 
@@ -53,8 +70,65 @@ def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
     return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
 
+class ChunkedCE(torch.autograd.Function):
+    """Per-row ``logsumexp(h @ W[1:].T) - h . W[t]`` without the ``[M, n_items]`` logits.
+
+    Forward: an online log-sum-exp over item chunks (float32 accumulators). Backward: each chunk's softmax is
+    recomputed from the saved log-sum-exp, ``dh = g * (sum_c P_c W_c - W[t])`` and ``dW_c = P_c^T (g h)``
+    (minus ``g h`` on the target rows).
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, items: Tensor, tgt: Tensor, chunk: int) -> Tensor:  # noqa: D102
+        n, acc = items.shape[0], torch.promote_types(h.dtype, torch.float32)
+        m = h.new_full((h.shape[0],), float("-inf"), dtype=acc)
+        s = h.new_zeros((h.shape[0],), dtype=acc)
+        for lo in range(1, n, chunk):
+            logits = (h @ items[lo:lo + chunk].T).to(acc)
+            m_new = torch.maximum(m, logits.max(1).values)
+            s = s * torch.exp(m - m_new) + torch.exp(logits - m_new[:, None]).sum(1)
+            m = m_new
+        lse = m + torch.log(s)
+        pos = (h.to(acc) * items[tgt].to(acc)).sum(-1)
+        ctx.save_for_backward(h, items, tgt, lse)
+        ctx.chunk = chunk
+        return lse - pos
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        h, items, tgt, lse = ctx.saved_tensors
+        chunk, n, acc = ctx.chunk, items.shape[0], lse.dtype
+        g = grad.to(acc)
+        gh = (h.to(acc) * g[:, None]).to(items.dtype)
+        dh = torch.zeros(h.shape, dtype=acc, device=h.device)
+        dw = torch.zeros(items.shape, dtype=acc, device=items.device) if ctx.needs_input_grad[1] else None
+        for lo in range(1, n, chunk):
+            w = items[lo:lo + chunk]
+            p = torch.exp((h @ w.T).to(acc) - lse[:, None])
+            dh += (p * g[:, None]).to(w.dtype) @ w
+            if dw is not None:
+                dw[lo:lo + chunk] += (p.to(gh.dtype).T @ gh).to(acc)
+        dh -= g[:, None] * items[tgt].to(acc)
+        if dw is not None:
+            dw.index_add_(0, tgt, -gh.to(acc))
+        return dh.to(h.dtype), (dw.to(items.dtype) if dw is not None else None), None, None
+
+
+def chunked_cross_entropy(h: Tensor, targets: Tensor, items: Tensor, chunk_size: int = 65536) -> Tensor:
+    """Per-row full-softmax cross-entropy over items ``1..n_items`` (``targets`` in ``1..n_items``), chunked."""
+    return ChunkedCE.apply(h, items, targets, int(chunk_size))
+
+
+def logq_from_counts(counts: Tensor) -> Tensor:
+    """``log Q`` ``[n_items + 1]`` of ``sampled-softmax-logq``: add-one popularity (``-inf`` for padding)."""
+    c = counts.double().clamp_min(0) + 1.0
+    c[0] = 0.0
+    return torch.log(c / c.sum()).float()
+
+
 def next_item_loss(h: Tensor, targets: Tensor, items: Tensor, cfg: ObjectiveConfig, *,
-                   generator: torch.Generator | None = None, negatives: Tensor | None = None) -> Tensor:
+                   generator: torch.Generator | None = None, negatives: Tensor | None = None,
+                   log_q: Tensor | None = None) -> Tensor:
     """Mean loss of ``cfg.name`` over rows with ``targets > 0``.
 
     Parameters
@@ -65,6 +139,7 @@ def next_item_loss(h: Tensor, targets: Tensor, items: Tensor, cfg: ObjectiveConf
     cfg : objective.
     generator : optional torch generator for the negatives.
     negatives : optional explicit negatives (``[M]`` for ``bce``, ``[N]`` otherwise), for tests.
+    log_q : ``[n_items + 1]`` sampling log-probabilities (:func:`logq_from_counts`); ``sampled-softmax-logq``.
     """
     n_items = items.shape[0] - 1
     if cfg.name != "bce" and not torch.compiler.is_compiling():
@@ -79,6 +154,22 @@ def next_item_loss(h: Tensor, targets: Tensor, items: Tensor, cfg: ObjectiveConf
     if cfg.name == "ce":
         logits = (h @ items[1:].T).float()
         per = F.cross_entropy(logits, tgt - 1, reduction="none")
+        return (per * valid).sum() / denom
+    if cfg.name == "ce-chunked":
+        per = chunked_cross_entropy(h, tgt, items, cfg.chunk_size)
+        return (per * valid).sum() / denom
+    if cfg.name == "sampled-softmax-logq":
+        if log_q is None:
+            raise ValueError("sampled-softmax-logq needs the items' sampling log-probabilities (log_q)")
+        lq = log_q.to(h.device)
+        n_neg = cfg.n_negatives if negatives is None else int(negatives.shape[0])
+        neg_ids = negatives if negatives is not None else torch.multinomial(
+            lq.exp(), n_neg, replacement=True, generator=generator)
+        shift = math.log(n_neg)
+        pos = (h * items[tgt]).sum(-1).float() - lq[tgt] - shift
+        neg = (h @ items[neg_ids].T).float() - lq[neg_ids][None, :] - shift
+        neg = neg.masked_fill(neg_ids[None, :] == tgt[:, None], float("-inf"))
+        per = -torch.log_softmax(torch.cat([pos[:, None], neg], 1), 1)[:, 0]
         return (per * valid).sum() / denom
     pos = (h * items[tgt]).sum(-1).float()
     if cfg.name == "bce":

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .base import Backbone, ItemEncoder
 from .bert4rec import cloze
-from .losses import ObjectiveConfig, next_item_loss
+from .losses import ObjectiveConfig, logq_from_counts, next_item_loss
 
 __all__ = ["Batch", "Regularizer", "SequenceModel"]
 
@@ -73,6 +73,11 @@ class SequenceModel(nn.Module):
         self.max_len = int(getattr(backbone, "max_len", 200))
         self.bidirectional = not bool(getattr(backbone, "causal", True))
         self.mask_id = self.n_items + 1 if self.bidirectional else None
+        self.register_buffer("sampling_log_q", None, persistent=False)  # sampled-softmax-logq only
+
+    def set_sampling_counts(self, counts: Tensor) -> None:
+        """Training counts ``[n_items + 1]`` that ``sampled-softmax-logq`` samples negatives from."""
+        self.sampling_log_q = logq_from_counts(torch.as_tensor(counts)).to(next(self.parameters()).device)
 
     # ------------------------------------------------------------------ encoding
     def hidden(self, input_ids: Tensor, table: Tensor | None = None) -> Tensor:
@@ -143,16 +148,17 @@ class SequenceModel(nn.Module):
             h = self.hidden(inputs, table)
             sel = targets.reshape(-1).nonzero().squeeze(1)  # cloze targets are sparse: gather them
             rec = next_item_loss(h.reshape(-1, h.shape[-1])[sel], targets.reshape(-1)[sel], items,
-                                 self.objective, generator=generator)
+                                 self.objective, generator=generator, log_q=self.sampling_log_q)
             last = h[: seq.shape[0], -1]
         else:
             inputs, targets = seq[:, :-1], seq[:, 1:]
             h = self.hidden(inputs, table)
             if self.objective.positions == "last":
-                rec = next_item_loss(h[:, -1], targets[:, -1], items, self.objective, generator=generator)
+                rec = next_item_loss(h[:, -1], targets[:, -1], items, self.objective, generator=generator,
+                                     log_q=self.sampling_log_q)
             else:
                 rec = next_item_loss(h.reshape(-1, h.shape[-1]), targets.reshape(-1), items, self.objective,
-                                     generator=generator)
+                                     generator=generator, log_q=self.sampling_log_q)
             last = h[:, -1]
         parts: dict[str, Tensor] = {"rec": rec}
         parts.update(self.item_encoder.aux_losses(seq, table))

@@ -155,6 +155,8 @@ class Trainer:
             self._make_run_dir()
             return
         self.causal = not self.model.bidirectional
+        if cfg.objective.name == "sampled-softmax-logq":
+            self.model.set_sampling_counts(torch.from_numpy(np.asarray(self.popularity)))
         width = int(cfg.train.max_len) + (1 if self.causal else 0)
         self.batches = TrainBatches(self.split.seqs, self.split.train_end, width, cfg.train.batch_size,
                                     self.device, min_items=2 if self.causal else 1, trim=cfg.train.trim)
