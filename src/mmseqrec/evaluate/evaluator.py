@@ -19,6 +19,11 @@ Decisions (documented, tested):
 * The target is scored in the same call and the same tensor as the candidates it competes with; a score
   function must compute every candidate's score with the same arithmetic, so that equal item vectors tie
   exactly (``SequenceModel.score`` multiplies and sums; a batched ``einsum`` rounds differently per column).
+* Large catalogues: when the score function exposes ``user_item(histories) -> (states [B, D], items
+  [n_items + 1, D])`` (dot-product models; :func:`mmseqrec.train.make_score_fn` does), ``full`` ranking walks
+  the items in chunks of ``item_chunk`` (:mod:`.chunked`) instead of scoring ``[B, n_items + 1]`` at once;
+  ranks are identical. ``item_chunk=None`` chunks automatically when ``batch_size * (n_items + 1)`` exceeds
+  2**26 scores; ``0`` never chunks.
 * Scoring runs in float32: the dtype is recorded (``scoring_dtype``; a score function may declare it with a
   ``scoring_dtype`` attribute, otherwise the dtype of the scores it returns is recorded).
 """
@@ -285,6 +290,7 @@ def evaluate_ranking(
     item_popularity: np.ndarray | None = None,
     candidates: np.ndarray | None = None,
     progress: bool = True,
+    item_chunk: int | None = None,
 ) -> RankingResult:
     """Rank each case's target with ``score_fn`` under ``protocol`` and compute the metrics.
 
@@ -312,12 +318,16 @@ def evaluate_ranking(
         Drawn like ``sampled:N`` when omitted.
     progress : bool
         Show a rich progress bar for long evaluations.
+    item_chunk : int, optional
+        ``full`` only: items per chunk for score functions with ``user_item`` (see the module notes);
+        ``None`` = automatic, ``0`` = one piece.
 
     Returns
     -------
     RankingResult
     """
     from .candidates import read_candidates
+    from .chunked import DEFAULT_ITEM_CHUNK, chunked_rank_parts
 
     proto = Protocol.parse(protocol)
     ks = tuple(int(k) for k in ks)
@@ -354,6 +364,10 @@ def evaluate_ranking(
             raise InputError(f"candidate ids must be in 1..{seqs.n_items}", field="candidates")
 
     seq_end = seqs.indptr[users + 1]  # negatives avoid the user's whole sequence (every split)
+    user_item = getattr(score_fn, "user_item", None)
+    if item_chunk is None:
+        item_chunk = DEFAULT_ITEM_CHUNK if batch_size * V > (1 << 26) else 0
+    chunked = proto.kind == "full" and user_item is not None and item_chunk > 0
     dev = torch.device(device)
     scoring_dtype = getattr(score_fn, "scoring_dtype", None)
     ranks_g = np.zeros(n_cases, dtype=np.int64)
@@ -386,7 +400,14 @@ def evaluate_ranking(
             for b0 in range(c0, c1, batch_size):
                 b1 = min(b0 + batch_size, c1)
                 hist = torch.from_numpy(build_histories(seqs, users[b0:b1], hist_end[b0:b1], max_len)).to(dev)
-                if proto.kind == "full":
+                if chunked:
+                    u, item_vecs = user_item(hist)
+                    scoring_dtype = scoring_dtype or str(u.dtype).removeprefix("torch.")
+                    excl_pairs = history_mask_indices(seqs, users[b0:b1], hist_end[b0:b1]) \
+                        if exclude_history else None
+                    g, t, _, _ = chunked_rank_parts(u, item_vecs, torch.from_numpy(targets[b0:b1]).to(u.device),
+                                                    exclude=excl_pairs, chunk=item_chunk)
+                elif proto.kind == "full":
                     scores = score_fn(hist, None)
                     _check_shape(scores, (b1 - b0, V))
                     scoring_dtype = scoring_dtype or str(scores.dtype).removeprefix("torch.")

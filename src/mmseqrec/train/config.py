@@ -74,12 +74,15 @@ class EvalConfig(Config):
     ks : cut-offs of HR/NDCG/MRR.
     exclude_history : remove the user's history items from the ranking (recorded in metrics.json).
     batch_size : users per scoring batch.
+    item_chunk : ``full`` ranking in chunks of this many items (``None`` = when ``batch_size * n_items`` is
+        large, ``0`` = never); identical ranks, bounded memory (docs/scaling.md).
     """
 
     protocol: str = "full"
     ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
     exclude_history: bool = False
     batch_size: int = Field(512, ge=1)
+    item_chunk: int | None = Field(None, ge=0)
 
 
 def _typed_section(v: Any, spec: Any, default: str) -> Any:

@@ -81,6 +81,15 @@ def make_score_fn(model: SequenceModel, device: torch.device):
         return s
 
     score_fn.scoring_dtype = "float32"  # type: ignore[attr-defined]
+    if hasattr(model, "item_matrix"):  # dot-product model: lets the evaluator rank in item chunks
+
+        @torch.no_grad()
+        def user_item(histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.autocast(device.type, enabled=False):
+                table = model.item_encoder.table()
+                return model.user_states(histories.to(device), table), model.item_matrix(table)
+
+        score_fn.user_item = user_item  # type: ignore[attr-defined]
     return score_fn
 
 
@@ -98,7 +107,7 @@ def evaluate_model(model: SequenceModel, evalset: EvalSet, split: LeaveOneOut, c
             Protocol.parse(protocol or cfg.eval.protocol), tuple(cfg.eval.ks),
             exclude_history=cfg.eval.exclude_history if exclude_history is None else exclude_history,
             max_len=int(cfg.train.max_len), batch_size=cfg.eval.batch_size, device=str(device),
-            item_popularity=popularity,
+            item_popularity=popularity, item_chunk=cfg.eval.item_chunk,
         )
     finally:
         model.train(was_training)
