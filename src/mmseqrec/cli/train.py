@@ -4,6 +4,7 @@ and ``mmseqrec.serve.recommend``."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -99,6 +100,8 @@ def register(app: typer.Typer) -> None:
             ([f"train.device={device}"] if device is not None else [])
         cfg = build_experiment(config, data, model, protocol, seed, [*flags, *(set_ or [])], base=base)
         metrics = Trainer(cfg, out, resume=resume, overwrite=overwrite).fit()
+        if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports
+            return
         console.print(_metrics_table(f"test ({metrics['protocol']}, best epoch {metrics['best_epoch']})",
                                      metrics["test"]))
         console.print(f"wrote {out / 'metrics.json'}")

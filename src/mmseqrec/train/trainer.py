@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from .checkpoint import (
 )
 from .closed_form import fit_closed_form
 from .config import ExperimentConfig, load_experiment
+from .distributed import DistContext, device_for, gather_ranking, loss_targets, setup, shard, wrap
 from .run import (
     BEST,
     CONFIG,
@@ -95,22 +97,30 @@ def make_score_fn(model: SequenceModel, device: torch.device):
 
 def evaluate_model(model: SequenceModel, evalset: EvalSet, split: LeaveOneOut, cfg: ExperimentConfig,
                    device: torch.device, protocol: str | None = None, exclude_history: bool | None = None,
-                   popularity: np.ndarray | None = None):
-    """Rank ``evalset`` with ``model`` under ``protocol`` (default ``cfg.eval.protocol``) -> RankingResult."""
+                   popularity: np.ndarray | None = None, dist_ctx: DistContext | None = None):
+    """Rank ``evalset`` with ``model`` under ``protocol`` (default ``cfg.eval.protocol``) -> RankingResult.
+
+    With ``dist_ctx`` (torchrun), ``full`` ranking is sharded over the processes and gathered."""
     from ..evaluate import Protocol, evaluate_ranking
 
+    proto = Protocol.parse(protocol or cfg.eval.protocol)
+    n_cases, idx = len(evalset), None
+    if dist_ctx is not None and dist_ctx.enabled and proto.kind == "full":
+        idx = np.arange(dist_ctx.rank, n_cases, dist_ctx.world)
+        evalset = EvalSet(users=evalset.users[idx], targets=evalset.targets[idx], hist_end=evalset.hist_end[idx])
     was_training = model.training
     model.eval()
     try:
-        return evaluate_ranking(
+        res = evaluate_ranking(
             make_score_fn(model, device), evalset, split.seqs,
-            Protocol.parse(protocol or cfg.eval.protocol), tuple(cfg.eval.ks),
+            proto, tuple(cfg.eval.ks),
             exclude_history=cfg.eval.exclude_history if exclude_history is None else exclude_history,
             max_len=int(cfg.train.max_len), batch_size=cfg.eval.batch_size, device=str(device),
             item_popularity=popularity, item_chunk=cfg.eval.item_chunk,
         )
     finally:
         model.train(was_training)
+    return res if idx is None else gather_ranking(dist_ctx, res, n_cases, idx)
 
 
 def _progress(enabled: bool):
@@ -148,10 +158,11 @@ class Trainer:
             raise InputError("no dataset directory given", field="data.path")
         self.cfg, self.run = cfg, Path(run_dir)
         self.resume = resume
+        self.dist = setup(cfg.train.device)  # torchrun: a process group; otherwise a single process
         self._check_run_dir(overwrite)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        self.device = resolve_device(cfg.train.device)
+        self.device = device_for(self.dist, resolve_device(cfg.train.device))
         self.ds = DatasetDir(cfg.data.path)
         self.split = leave_one_out(self.ds.sequences, cfg.data.min_len)
         self.popularity = item_popularity(self.split.seqs, self.split.train_end)
@@ -160,6 +171,8 @@ class Trainer:
         tensors = load_tensors(cfg)
         self.model = build_model(cfg, self.ds.n_items, tensors).to(self.device)
         if isinstance(self.model, ClosedFormModel):  # pop / itemknn: fitted once in fit(), no optimiser
+            if self.dist.enabled:
+                raise InputError(f"{cfg.model.name} is fitted in closed form: run it without torchrun", field="model")
             self.n_params = self.model.n_stored()
             self._make_run_dir()
             return
@@ -177,7 +190,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.n_params = int(sum(p.numel() for p in params))
-        self._loss = torch.compile(self.model.loss) if cfg.train.compile else self.model.loss
+        self._loss = wrap(self.dist, self.model, self.device) if self.dist.enabled else self.model.loss
+        self._loss = torch.compile(self._loss) if cfg.train.compile else self._loss
         self._make_run_dir()
 
     # ------------------------------------------------------------------ run dir
@@ -206,6 +220,9 @@ class Trainer:
         overwritten (checkpoints, logs, metrics, eval-*.json, ranks-*.parquet), then create the directory."""
         import shutil
 
+        self.dist.barrier()  # every process has checked the directory before rank 0 changes it
+        if not self.dist.is_main:
+            return
         for p in self._old_files:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
         self.run.mkdir(parents=True, exist_ok=True)
@@ -230,17 +247,18 @@ class Trainer:
         task = progress.add_task(f"epoch {epoch + 1}", total=len(self.batches), info="") if progress else None
         t0 = time.perf_counter()
         for users, batch in self.batches.epoch(cfg.seed, epoch):
+            users, batch, weight = self._shard(users, batch)
             with self._autocast():
                 total, parts = self._loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            (total * weight if self.dist.enabled else total).backward()
             if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.optimizer.step()
             for k, v in (("loss", total), *parts.items()):
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
+                sums[k] = sums.get(k, 0.0) + v.detach().float() * weight  # shard losses weighted as in backward
             n_batches += 1
-            n_targets += self.batches.n_targets(users, self.causal, cfg.objective.positions == "last")
+            n_targets += self.batches.n_targets(users, self.causal, cfg.objective.positions == "last") * (weight > 0)
             if task is not None:
                 progress.update(task, advance=1)
         if self.device.type == "cuda":
@@ -248,11 +266,24 @@ class Trainer:
         seconds = time.perf_counter() - t0
         if task is not None:
             progress.remove_task(task)
+        if self.dist.enabled:  # mean loss parts over processes, targets summed
+            sums = {k: v * n_batches for k, v in self.dist.mean_of({k: v / max(n_batches, 1)
+                                                                 for k, v in sums.items()}).items()}
+            n_targets = int(self.dist.mean_of({"n": torch.tensor(float(n_targets))})["n"] * self.dist.world)
         losses = {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
         if any(not math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}: {losses}")
         return {"loss": losses, "targets": n_targets, "targets_per_s": n_targets / max(seconds, 1e-9),
                 "seconds": seconds}
+
+    def _shard(self, rows: np.ndarray, batch):
+        """This process's share of a global batch and its loss weight (see :mod:`.distributed`)."""
+        if not self.dist.enabled:
+            return rows, batch, 1.0
+        count = partial(loss_targets, causal=self.causal, last=self.cfg.objective.positions == "last")
+        n_all = count(batch)
+        rows, batch, empty = shard(self.dist, rows, batch)
+        return rows, batch, 0.0 if empty else self.dist.world * count(batch) / n_all.clamp(min=1)
 
     def fit(self) -> dict[str, Any]:
         """Train with early stopping on valid, then score test with the best checkpoint; returns metrics."""
@@ -274,10 +305,11 @@ class Trainer:
                 log_lines = [ln for ln in (run / LOG).read_text().splitlines()
                              if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
         state["data"] = {"path": str(self.ds.path), **self.ds.identity}
-        atomic_write_text(run / CONFIG, dump_config(cfg))
+        if self.dist.is_main:
+            atomic_write_text(run / CONFIG, dump_config(cfg))
         metric = cfg.train.select_metric
         has_valid = len(self.split.valid) > 0
-        with _progress(cfg.train.progress) as progress:
+        with _progress(cfg.train.progress and self.dist.is_main) as progress:
             epoch = int(state["epoch"])
             while epoch < cfg.train.epochs and not state["stopped"]:
                 row = {"epoch": epoch + 1, **self.train_epoch(epoch, progress)}
@@ -286,7 +318,7 @@ class Trainer:
                 if has_valid and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
                     t0 = time.perf_counter()
                     res = evaluate_model(self.model, self.split.valid, self.split, cfg, self.device,
-                                         popularity=self.popularity)
+                                         popularity=self.popularity, dist_ctx=self.dist)
                     row["valid"] = res.metrics
                     row["eval_seconds"] = time.perf_counter() - t0
                     if metric not in res.metrics:
@@ -306,7 +338,8 @@ class Trainer:
                 state["epoch"] = epoch
                 self._save_checkpoint(state, epoch, best)
                 log_lines.append(json.dumps(row))
-                atomic_write_text(run / LOG, "\n".join(log_lines) + "\n")
+                if self.dist.is_main:
+                    atomic_write_text(run / LOG, "\n".join(log_lines) + "\n")
                 if progress.disable is False:
                     v = row.get("valid", {}).get(metric)
                     progress.console.print(
@@ -317,6 +350,8 @@ class Trainer:
 
     def _save_checkpoint(self, state: dict[str, Any], epoch: int, best: bool) -> None:
         """last + optimiser (+ best) + state.json as one unit (:func:`~.checkpoint.write_checkpoint`)."""
+        if not self.dist.is_main:
+            return
         meta = {"epoch": str(epoch)}
         writers = {LAST: lambda p: save_model(p, self.model, meta), OPTIM: lambda p: save_optimizer(p, self.optimizer)}
         if best:
@@ -326,18 +361,22 @@ class Trainer:
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         """Score test with the best checkpoint; write metrics.json and ranks.parquet."""
         cfg, run = self.cfg, self.run
-        if not (run / BEST).exists():
-            save_model(run / BEST, self.model, {"epoch": str(state["epoch"])})
-        load_model(run / BEST, self.model, self.device)
-        res = evaluate_model(self.model, self.split.test, self.split, cfg, self.device, popularity=self.popularity)
-        res.save_ranks(run / RANKS)
+        if self.dist.is_main:
+            if not (run / BEST).exists():
+                save_model(run / BEST, self.model, {"epoch": str(state["epoch"])})
+            load_model(run / BEST, self.model, self.device)
+        self.dist.broadcast_module(self.model)
+        res = evaluate_model(self.model, self.split.test, self.split, cfg, self.device, popularity=self.popularity,
+                             dist_ctx=self.dist)
         metrics = {
             **res.setting(), "seed": cfg.seed,
             "n_params": self.n_params, "best_epoch": int(state["best_epoch"]), "epochs_run": int(state["epoch"]),
             "valid": state.get("best_valid", {}), "test": res.metrics,
             "data": {"path": str(self.ds.path), **self.ds.identity},
         }
-        atomic_write_json(run / METRICS, metrics)
+        if self.dist.is_main:
+            res.save_ranks(run / RANKS)
+            atomic_write_json(run / METRICS, metrics)
         return metrics
 
 
