@@ -142,7 +142,7 @@ def main() -> None:
         runs.append("eval")
     for one in runs:
         cmd = [sys.executable, __file__, *sys.argv[1:], "--one", one]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True)
         line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else \
             json.dumps({"run": one, "failed": out.stderr.strip().splitlines()[-1:]})
         print(line, flush=True)

@@ -75,11 +75,13 @@ class ChunkedCE(torch.autograd.Function):
 
     Forward: an online log-sum-exp over item chunks (float32 accumulators). Backward: each chunk's softmax is
     recomputed from the saved log-sum-exp, ``dh = g * (sum_c P_c W_c - W[t])`` and ``dW_c = P_c^T (g h)``
-    (minus ``g h`` on the target rows).
+    (minus ``g h`` on the target rows). Under CUDA autocast the backward pass runs with the forward's autocast
+    state (bf16 products, float32 accumulators).
     """
 
     @staticmethod
-    def forward(ctx, h: Tensor, items: Tensor, tgt: Tensor, chunk: int) -> Tensor:  # noqa: D102
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, h: Tensor, items: Tensor, tgt: Tensor, chunk: int) -> Tensor:
         n, acc = items.shape[0], torch.promote_types(h.dtype, torch.float32)
         m = h.new_full((h.shape[0],), float("-inf"), dtype=acc)
         s = h.new_zeros((h.shape[0],), dtype=acc)
@@ -95,7 +97,8 @@ class ChunkedCE(torch.autograd.Function):
         return lse - pos
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad: Tensor):
         h, items, tgt, lse = ctx.saved_tensors
         chunk, n, acc = ctx.chunk, items.shape[0], lse.dtype
         g = grad.to(acc)
