@@ -79,3 +79,37 @@ def test_chunked_matches_rank_parts_on_random_scores():
     assert torch.equal(g, ref_g) and torch.equal(t, ref_t)
     torch.testing.assert_close(ts, torch.topk(full[:, 1:], 10, dim=1).values)
     torch.testing.assert_close(torch.gather(full, 1, ti), ts)
+
+
+def test_chunked_path_never_scores_all_items_at_once():
+    """With ``user_item`` the full matrix is never requested; the largest score block is [batch, chunk]."""
+    seqs = _data()
+    sp = leave_one_out(seqs)
+    g0 = torch.Generator().manual_seed(1)
+    items = torch.randn(N_ITEMS + 1, 4, generator=g0)
+    users = torch.randn(seqs.n_users + 1, 4, generator=g0)
+    shapes = []
+
+    def fn(h, c):
+        raise AssertionError("the one-piece path was used")
+
+    def user_item(h):
+        return users[: h.shape[0]], items
+
+    fn.user_item = user_item
+    import mmseqrec.evaluate.chunked as ch
+
+    orig = ch._product
+
+    def spy(u, w, chunk):
+        out = orig(u, w, chunk)
+        shapes.append(tuple(out.shape))
+        return out
+
+    ch._product = spy
+    try:
+        res = evaluate_ranking(fn, sp.test, seqs, "full", max_len=20, batch_size=16, progress=False, item_chunk=10)
+    finally:
+        ch._product = orig
+    assert res.metrics["n_cases"] == len(sp.test)
+    assert max(s[1] for s in shapes) == 10 and max(s[0] for s in shapes) == 16
