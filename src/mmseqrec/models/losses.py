@@ -73,7 +73,7 @@ def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
 class ChunkedCE(torch.autograd.Function):
     """Per-row ``logsumexp(h @ W[1:].T) - h . W[t]`` without the ``[M, n_items]`` logits.
 
-    Forward: an online log-sum-exp over item chunks (float32 accumulators). Backward: each chunk's softmax is
+    Forward: a running log-sum-exp over item chunks (float32 accumulators). Backward: each chunk's softmax is
     recomputed from the saved log-sum-exp, ``dh = g * (sum_c P_c W_c - W[t])`` and ``dW_c = P_c^T (g h)``
     (minus ``g h`` on the target rows). Under CUDA autocast the backward pass runs with the forward's autocast
     state (bf16 products, float32 accumulators).
@@ -83,14 +83,9 @@ class ChunkedCE(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, h: Tensor, items: Tensor, tgt: Tensor, chunk: int) -> Tensor:
         n, acc = items.shape[0], torch.promote_types(h.dtype, torch.float32)
-        m = h.new_full((h.shape[0],), float("-inf"), dtype=acc)
-        s = h.new_zeros((h.shape[0],), dtype=acc)
+        lse = h.new_full((h.shape[0],), float("-inf"), dtype=acc)
         for lo in range(1, n, chunk):
-            logits = (h @ items[lo:lo + chunk].T).to(acc)
-            m_new = torch.maximum(m, logits.max(1).values)
-            s = s * torch.exp(m - m_new) + torch.exp(logits - m_new[:, None]).sum(1)
-            m = m_new
-        lse = m + torch.log(s)
+            lse = torch.logaddexp(lse, torch.logsumexp((h @ items[lo:lo + chunk].T).to(acc), 1))
         pos = (h.to(acc) * items[tgt].to(acc)).sum(-1)
         ctx.save_for_backward(h, items, tgt, lse)
         ctx.chunk = chunk
@@ -102,18 +97,17 @@ class ChunkedCE(torch.autograd.Function):
         h, items, tgt, lse = ctx.saved_tensors
         chunk, n, acc = ctx.chunk, items.shape[0], lse.dtype
         g = grad.to(acc)
-        gh = (h.to(acc) * g[:, None]).to(items.dtype)
         dh = torch.zeros(h.shape, dtype=acc, device=h.device)
         dw = torch.zeros(items.shape, dtype=acc, device=items.device) if ctx.needs_input_grad[1] else None
         for lo in range(1, n, chunk):
             w = items[lo:lo + chunk]
-            p = torch.exp((h @ w.T).to(acc) - lse[:, None])
-            dh += (p * g[:, None]).to(w.dtype) @ w
+            pg = (h @ w.T).to(acc).sub_(lse[:, None]).exp_().mul_(g[:, None])  # g * softmax chunk
+            dh += pg.to(w.dtype) @ w
             if dw is not None:
-                dw[lo:lo + chunk] += (p.to(gh.dtype).T @ gh).to(acc)
+                dw[lo:lo + chunk] += pg.to(h.dtype).T @ h
         dh -= g[:, None] * items[tgt].to(acc)
         if dw is not None:
-            dw.index_add_(0, tgt, -gh.to(acc))
+            dw.index_add_(0, tgt, -(h.to(acc) * g[:, None]))
         return dh.to(h.dtype), (dw.to(items.dtype) if dw is not None else None), None, None
 
 
