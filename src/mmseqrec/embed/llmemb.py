@@ -229,7 +229,7 @@ class ScftEncoder(Encoder):
                 loss = self.train_step(optimizer, [views[b][0] for b in batch], [views[b][1] for b in batch], lr)
                 losses.append(round(loss, 6))
                 step += 1
-                bar.update(task, advance=1, info=f"loss {loss:.4f} tau {float(self.temperature.tau):.3f}")
+                bar.update(task, advance=1, info=f"loss {loss:.4f} tau {float(self.temperature.tau.detach()):.3f}")
                 if step % cfg.save_every == 0 or step == cfg.steps:
                     self._save(workdir, optimizer, signature, step, losses)
         self.model.eval()
@@ -237,7 +237,7 @@ class ScftEncoder(Encoder):
         self.training_info = {
             "steps": cfg.steps, "resumed_from": start, "n_train_items": n, "seconds_this_run": round(seconds, 2),
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            "tau": round(float(self.temperature.tau), 6), "checkpoint": str(workdir), **signature,
+            "tau": round(float(self.temperature.tau.detach()), 6), "checkpoint": str(workdir), **signature,
         }
         return self.training_info
 

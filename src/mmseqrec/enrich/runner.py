@@ -27,7 +27,7 @@ from ..fileio import atomic_path, atomic_write_json
 from .backends import Backend, BackendConfig, GenRequest, make_backend
 from .cache import CacheEntry, EnrichCache, make_key
 from .images import ImageFetchConfig, decode_image, load_image_bytes
-from .tasks import TEMPLATES, Job, Step, TaskOptions, plan_task
+from .tasks import MLLMREC_CATEGORY, TEMPLATES, Job, ProfileSource, Step, TaskOptions, output_name, plan_task
 
 __all__ = ["EnrichConfig", "EnrichSummary", "output_paths", "run_enrich"]
 
@@ -43,6 +43,8 @@ class EnrichConfig(Config):
     block_size: int = Field(3, ge=1)
     max_history: int = Field(20, ge=0)
     image_kind: str = "a cover of a video"
+    category: str = MLLMREC_CATEGORY
+    profile_source: ProfileSource = "training"
     images: ImageFetchConfig = ImageFetchConfig()
 
 
@@ -205,10 +207,11 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
     t0 = time.perf_counter()
     ds = DatasetDir(data)
     opt = TaskOptions(mode=cfg.mode, block_size=cfg.block_size, max_history=cfg.max_history,
-                      image_kind=cfg.image_kind, limit=cfg.limit)
+                      image_kind=cfg.image_kind, limit=cfg.limit, category=cfg.category,
+                      profile_source=cfg.profile_source)
     jobs, notes = plan_task(ds, cfg.task, opt)
     backend = backend if backend is not None else make_backend(cfg.backend)
-    parquet, summary_path, cache_path = output_paths(ds.path, cfg.task)
+    parquet, summary_path, cache_path = output_paths(ds.path, output_name(cfg.task, cfg.profile_source))
     final: dict[int, tuple[CacheEntry, str | None]] = {}
     failed_at: dict[int, str] = {}
     with EnrichCache(cache_path) as cache, _progress(progress) as bar:
@@ -244,7 +247,8 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
         "decoding": json.loads(cfg.backend.decoding.key()),
         "templates": [TEMPLATES[t].metadata() for t in used],
         "options": {"mode": cfg.mode, "block_size": cfg.block_size, "max_history": cfg.max_history,
-                    "limit": cfg.limit, "image_kind": cfg.image_kind},
+                    "limit": cfg.limit, "image_kind": cfg.image_kind, "category": cfg.category,
+                    "profile_source": cfg.profile_source},
         "notes": notes, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "stand_in": ("offline = EfficientNet-Lite0 tags + SmolLM2-135M, a lightweight stand-in for an MLLM"
                      if info.backend == "offline" else
@@ -276,7 +280,9 @@ def _rows(jobs: list[Job], final: dict[int, tuple[CacheEntry, str | None]], fail
                 reason = failed_at.get(j, "") + (reason or "failed")
                 if note:
                     reason = f"{reason} ({note})"
-            vals = [e.text, e.status, reason, e.template_id, e.template_version, e.prompt, e.backend_prompt,
+            tpl = TEMPLATES.get(e.template_id or "")
+            text = tpl.clean(e.text) if tpl is not None and e.status == "ok" else e.text
+            vals = [text, e.status, reason, e.template_id, e.template_version, e.prompt, e.backend_prompt,
                     e.model_id, e.model_revision, e.backend, e.decoding, e.key,
                     datetime.fromtimestamp(e.created, UTC).isoformat(timespec="seconds")]
         for k, v in zip(cols, vals, strict=True):
