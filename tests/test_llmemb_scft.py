@@ -205,3 +205,33 @@ def test_run_source_writes_the_item_table(data_dir, tmp_path):
         run_embed(data_dir, EmbedConfig(source=f"run:{tmp_path}", out="x", progress=False))
     with pytest.raises(InputError, match="no --encoder"):
         run_embed(data_dir, EmbedConfig(source=f"run:{run_dir}", encoder="minilm", progress=False))
+
+
+def test_stage2_trains_with_the_collaborative_store_of_a_run(data_dir, tmp_path):
+    from mmseqrec.embed.store import save_embedding
+    from mmseqrec.train.config import load_experiment
+    from mmseqrec.train.trainer import train
+
+    common = [f"data.path={data_dir}", "train.epochs=1", "train.progress=false", "model.max_len=5",
+              "eval.protocol=full", "item_encoder.dim=16"]
+    train(load_experiment(None, common), tmp_path / "collab")
+    run_embed(data_dir, EmbedConfig(source=f"run:{tmp_path / 'collab'}", out="sasrec-collab", progress=False))
+    rng = np.random.default_rng(0)
+    save_embedding(data_dir, "llmemb", rng.normal(size=(N_ITEMS + 1, 24)).astype(np.float32), {"encoder": "test"})
+    cfg = load_experiment(Path(__file__).resolve().parents[1] / "configs" / "llmemb.yaml",
+                          common + ["train.max_len=5", "eval.protocol=full"])
+    assert cfg.item_encoder.collab == "sasrec-collab" and cfg.item_encoder.name == "llmemb"
+    train(cfg, tmp_path / "llmemb")
+    log = [json.loads(x) for x in (tmp_path / "llmemb" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"]["align"] > 0
+
+
+def test_llmemb_configs_validate():
+    from mmseqrec.config import load_config
+    from mmseqrec.embed.llmemb import ScftConfig
+    from mmseqrec.train.config import load_experiment
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert load_experiment(root / "llmemb.yaml").item_encoder.dim == 128
+    assert load_experiment(root / "llmemb-collab.yaml").item_encoder.dim == 128
+    assert load_config(ScftConfig, root / "llmemb-scft.yaml") == ScftConfig()  # the file states the defaults
