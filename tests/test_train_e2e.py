@@ -141,7 +141,7 @@ def test_cli_train_evaluate_recommend(data_dir, tmp_path, capsys):
     capsys.readouterr()
     assert 0 == _cli(["evaluate", str(run), "--protocol", "sampled:10"])
     out = json.loads((run / "eval-sampled-10.json").read_text())
-    assert out["protocol"].startswith("sampled:10") and out["metrics"]["HR@10"] > 0.8
+    assert out["protocol"].startswith("sampled:10") and out["test"]["HR@10"] > 0.8  # the one eval schema
     assert pl.read_parquet(run / "ranks-sampled-10.parquet").height == N_USERS
     capsys.readouterr()
     # user walking with step 2: i3, i5, i7 -> next is i9

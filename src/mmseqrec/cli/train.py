@@ -99,36 +99,28 @@ def register(app: typer.Typer) -> None:
     def evaluate_cmd(
         run: Annotated[Path, typer.Argument(help="Run directory written by `mmseqrec train`.")],
         protocol: Annotated[str | None, typer.Option(help="Protocol (default: the run's).")] = None,
-        split: Annotated[str, typer.Option(help="test | valid")] = "test",
+        split: Annotated[str, typer.Option(help="test | valid | both")] = "test",
         exclude_history: Annotated[bool | None, typer.Option(
             "--exclude-history/--include-history", help="Default: the run's setting.")] = None,
         data: Annotated[Path | None, typer.Option(help="Dataset directory (default: the run's).")] = None,
         device: Annotated[str | None, typer.Option(help="cpu | cuda (default: the run's).")] = None,
     ) -> None:
-        """Re-score a trained run (best checkpoint); writes RUN/eval-<protocol>.json and ranks-<protocol>.parquet."""
-        from ..data.split import leave_one_out
+        """Re-score a trained run (best checkpoint); writes RUN/eval-<protocol>[-exclhist].json and
+        ranks-<protocol>[-exclhist][-valid].parquet (the files `compare --protocol` and `experiment` read)."""
         from ..evaluate import Protocol
-        from ..evaluate.protocol import protocol_slug
-        from ..fileio import atomic_write_json
-        from ..train.run import item_popularity, load_run
-        from ..train.trainer import evaluate_model
+        from ..evaluate.runfiles import eval_stem
+        from ..experiment.runner import rescore_run
 
-        if split not in ("test", "valid"):
-            raise InputError(f"unknown split {split!r}; choose test or valid", field="--split")
-        loaded = load_run(run, device=device, data_dir=data)
-        cfg = loaded.config
-        proto = str(Protocol.parse(protocol or cfg.eval.protocol))
-        sp = leave_one_out(loaded.dataset.sequences, cfg.data.min_len)
-        res = evaluate_model(loaded.model, sp.test if split == "test" else sp.valid, sp, cfg, loaded.device,
-                             protocol=proto, exclude_history=exclude_history,
-                             popularity=item_popularity(sp.seqs, sp.train_end))
-        excl = cfg.eval.exclude_history if exclude_history is None else exclude_history
-        name = f"eval-{protocol_slug(proto)}" + ("" if split == "test" else "-valid")
-        res.save_ranks(run / f"ranks-{protocol_slug(proto)}{'' if split == 'test' else '-valid'}.parquet")
-        atomic_write_json(run / f"{name}.json", {"protocol": str(res.protocol), "split": split,
-                                                 "exclude_history": excl, "metrics": res.metrics})
-        console.print(_metrics_table(f"{split} ({res.protocol})", res.metrics))
-        console.print(f"wrote {run / (name + '.json')}")
+        if split not in ("test", "valid", "both"):
+            raise InputError(f"unknown split {split!r}; choose test, valid or both", field="--split")
+        proto = str(Protocol.parse(protocol)) if protocol is not None else None
+        splits = ("valid", "test") if split == "both" else (split,)
+        rec = rescore_run(run, proto, exclude_history=exclude_history, splits=splits, device=device, data_dir=data,
+                          reuse=False)
+        for sp in splits:
+            console.print(_metrics_table(f"{sp} ({rec['protocol']}"
+                                         + (", history excluded" if rec["exclude_history"] else "") + ")", rec[sp]))
+        console.print(f"wrote {run / ('eval-' + eval_stem(rec['protocol'], rec['exclude_history']) + '.json')}")
 
     @app.command("recommend")
     def recommend_cmd(

@@ -48,6 +48,8 @@ class GridConfig(Config):
     variant_backbones : restrict a variant to some backbones (default: all).
     report_split : ``test`` (the results table) or ``valid`` (for ablations that choose defaults: the table shows
         the validation metrics of the selected checkpoints, no test numbers and no p-values).
+    p_adjust : multiple-testing correction over all comparisons of one table (dataset x protocol): ``holm``
+        (Holm-Bonferroni, default), ``bh`` (Benjamini-Hochberg) or ``none``; raw and adjusted p are both shown.
     """
 
     name: str = "experiment"
@@ -62,6 +64,7 @@ class GridConfig(Config):
     backbone_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     variant_backbones: dict[str, list[str]] = Field(default_factory=dict)
     report_split: Literal["test", "valid"] = "test"
+    p_adjust: Literal["holm", "bh", "none"] = "holm"
 
     @field_validator("protocols")
     @classmethod

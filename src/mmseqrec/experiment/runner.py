@@ -15,7 +15,7 @@ from ..config import deep_merge
 from ..evaluate.protocol import protocol_slug
 from .config import GridConfig
 
-__all__ = ["RunRecord", "plan_runs", "protocol_slug", "run_grid"]
+__all__ = ["RunRecord", "plan_runs", "protocol_slug", "rescore_run", "run_grid"]
 
 _console = Console(stderr=True)
 
@@ -56,28 +56,36 @@ def plan_runs(grid: GridConfig, out: str | Path) -> list[RunRecord]:
     return runs
 
 
-def _rescore(run_dir: Path, protocol: str) -> dict[str, Any]:
-    """Score the best checkpoint of ``run_dir`` on valid and test under ``protocol``; writes
-    ``eval-<protocol>.json`` and ``ranks-<protocol>.parquet``."""
+def rescore_run(run_dir: str | Path, protocol: str | None = None, *, exclude_history: bool | None = None,
+                splits: tuple[str, ...] = ("valid", "test"), device: str | None = None,
+                data_dir: str | Path | None = None, reuse: bool = True) -> dict[str, Any]:
+    """Score the best checkpoint of ``run_dir`` on ``splits`` under ``protocol`` and write the eval file
+    (:func:`mmseqrec.evaluate.runfiles.write_eval`, the one schema); returns the eval record.
+
+    The one re-scoring function behind ``mmseqrec evaluate`` and ``mmseqrec experiment``. With ``reuse`` a
+    setting whose requested splits are already scored is read back instead of scored again.
+    ``protocol=None`` / ``exclude_history=None`` keep the run's own settings.
+    """
     from ..data.split import leave_one_out
-    from ..fileio import atomic_write_json
+    from ..evaluate.runfiles import find_eval, write_eval
     from ..train.run import item_popularity, load_run
     from ..train.trainer import evaluate_model
 
-    slug = protocol_slug(protocol)
-    path = run_dir / f"eval-{slug}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    run = load_run(run_dir)
+    run_dir = Path(run_dir)
+    if reuse and protocol is not None:
+        rec = find_eval(run_dir, protocol, exclude_history)
+        # test ranks feed the paired tests; validation needs only its metrics
+        if rec is not None and all(rec.metrics(s) is not None for s in splits) and (
+                "test" not in splits or "test" in rec.ranks):
+            return rec.data
+    run = load_run(run_dir, device=device, data_dir=data_dir)
     split = leave_one_out(run.dataset.sequences, run.config.data.min_len)
     pop = item_popularity(split.seqs, split.train_end)
-    valid = evaluate_model(run.model, split.valid, split, run.config, run.device, protocol=protocol, popularity=pop)
-    test = evaluate_model(run.model, split.test, split, run.config, run.device, protocol=protocol, popularity=pop)
-    test.save_ranks(run_dir / f"ranks-{slug}.parquet")
-    res = {"protocol": str(test.protocol), "exclude_history": run.config.eval.exclude_history,
-           "seed": run.config.seed, "valid": valid.metrics, "test": test.metrics}
-    atomic_write_json(path, res)
-    return res
+    protocol = protocol or run.config.eval.protocol
+    results = {s: evaluate_model(run.model, getattr(split, s), split, run.config, run.device, protocol=protocol,
+                                 exclude_history=exclude_history, popularity=pop) for s in splits}
+    path = write_eval(run_dir, results, extra={"seed": run.config.seed})
+    return json.loads(path.read_text())
 
 
 def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, dry_run: bool = False
@@ -101,8 +109,9 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, dry_ru
             resume = (r.run_dir / "state.json").exists()
             _console.print(f"{tag}: {'resuming' if resume else 'training'}")
             m = train(cfg, r.run_dir, resume=resume, overwrite=not resume)
-            _console.print(f"{tag}: test " + ", ".join(f"{k} {m['test'][k]:.4f}" for k in grid.metrics
-                                                      if k in m["test"]))
+            shown = m.get(grid.report_split) or {}  # a validation-only grid prints no test numbers
+            _console.print(f"{tag}: {grid.report_split} " + ", ".join(f"{k} {shown[k]:.4f}" for k in grid.metrics
+                                                                      if k in shown))
         for p in grid.protocols[1:]:
-            _rescore(r.run_dir, p)
+            rescore_run(r.run_dir, p, splits=(grid.report_split,))
     return runs

@@ -43,7 +43,7 @@ class TrainConfig(Config):
     eval_every : evaluate on valid every N epochs.
     select_metric : validation metric used for early stopping and the best checkpoint.
     device : ``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1`` ...
-    bf16 : bf16 autocast (CUDA only; ignored on CPU).
+    bf16 : bf16 autocast for training steps (CUDA only; ignored on CPU). Evaluation always scores in float32.
     num_threads : torch CPU threads (``None`` = torch default).
     trim : cut each batch to its longest sequence (saves work on short-sequence data).
     compile : wrap the loss in ``torch.compile`` (GPU).

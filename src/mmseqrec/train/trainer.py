@@ -25,7 +25,7 @@ import torch
 from ..config import dump_config
 from ..data.dataset import DatasetDir
 from ..data.split import EvalSet, LeaveOneOut, leave_one_out
-from ..errors import InputError
+from ..errors import InputError, MmseqrecError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models.sequence import SequenceModel
 from ..registry import regularizer_spec
@@ -54,18 +54,23 @@ _RESUMABLE = {("train", "epochs"), ("train", "patience"), ("train", "progress"),
               ("train", "num_threads"), ("train", "compile"), ("data", "path")}
 
 
-def make_score_fn(model: SequenceModel, device: torch.device, bf16: bool = True):
-    """``score_fn(histories, candidates | None)`` for :func:`mmseqrec.evaluate.evaluate_ranking`."""
-    use_bf16 = bf16 and device.type == "cuda"
+def make_score_fn(model: SequenceModel, device: torch.device):
+    """``score_fn(histories, candidates | None)`` for :func:`mmseqrec.evaluate.evaluate_ranking`.
+
+    Always float32: autocast is switched off even inside an autocast region (bf16 is for training steps only;
+    bf16 scores tie most candidates and lower HR@K), and the model's parameters must be float32.
+    """
 
     @torch.no_grad()
     def score_fn(histories: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-        with ctx:
+        with torch.autocast(device.type, enabled=False):
             h = histories.to(device)
             s = model.score_all(h) if candidates is None else model.score(h, candidates.to(device))
-        return s.float()
+        if s.dtype != torch.float32:
+            raise MmseqrecError(f"evaluation scores must be float32, got {s.dtype}")
+        return s
 
+    score_fn.scoring_dtype = "float32"  # type: ignore[attr-defined]
     return score_fn
 
 
@@ -79,7 +84,7 @@ def evaluate_model(model: SequenceModel, evalset: EvalSet, split: LeaveOneOut, c
     model.eval()
     try:
         return evaluate_ranking(
-            make_score_fn(model, device, cfg.train.bf16), evalset, split.seqs,
+            make_score_fn(model, device), evalset, split.seqs,
             Protocol.parse(protocol or cfg.eval.protocol), tuple(cfg.eval.ks),
             exclude_history=cfg.eval.exclude_history if exclude_history is None else exclude_history,
             max_len=int(cfg.train.max_len), batch_size=cfg.eval.batch_size, device=str(device),
@@ -276,7 +281,7 @@ class Trainer:
         res = evaluate_model(self.model, self.split.test, self.split, cfg, self.device, popularity=self.popularity)
         res.save_ranks(run / RANKS)
         metrics = {
-            "protocol": str(res.protocol), "exclude_history": cfg.eval.exclude_history, "seed": cfg.seed,
+            **res.setting(), "seed": cfg.seed,
             "n_params": self.n_params, "best_epoch": int(state["best_epoch"]), "epochs_run": int(state["epoch"]),
             "valid": state.get("best_valid", {}), "test": res.metrics,
         }
