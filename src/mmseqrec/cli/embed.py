@@ -71,6 +71,12 @@ def embed_cmd(
         + (f", {m['items_per_s']:,.1f} items/s" if m.get("items_per_s") else ""),
         highlight=False, soft_wrap=True,
     )
+    if m.get("scft"):
+        sc = m["scft"]
+        console.print(f"llmemb stage 1: {sc['steps']} steps on {sc['n_train_items']} items (resumed from step "
+                      f"{sc['resumed_from']}, {sc['seconds_this_run']} s), loss {sc['loss_first']} -> "
+                      f"{sc['loss_last']}, tau {sc['tau']}; LoRA checkpoint {sc['checkpoint']}",
+                      highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

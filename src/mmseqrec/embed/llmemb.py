@@ -286,11 +286,15 @@ def load_scft_encoder(arg: str, cfg: ScftConfig, *, device: str = "cpu", dtype: 
     peft = require("peft", "llm", "LLMEmb stage 1 (LoRA)")
     path = resolve_model_dir(arg)
     _offline_env()
+    level = tr.logging.get_verbosity()
+    tr.logging.set_verbosity_error()  # a causal-LM checkpoint read as its base model reports its unused LM head
     try:
         tok = tr.AutoTokenizer.from_pretrained(path)
         model = tr.AutoModel.from_pretrained(path, dtype=dtype or torch.float32)
     except (OSError, ValueError) as exc:
         raise MmseqrecError(f"cannot load {path!r} as a transformers model ({exc.__class__.__name__})") from None
+    finally:
+        tr.logging.set_verbosity(level)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [t for t in cfg.target_modules if t in present]
     if not targets:
