@@ -235,3 +235,22 @@ def test_llmemb_configs_validate():
     assert load_experiment(root / "llmemb.yaml").item_encoder.dim == 128
     assert load_experiment(root / "llmemb-collab.yaml").item_encoder.dim == 128
     assert load_config(ScftConfig, root / "llmemb-scft.yaml") == ScftConfig()  # the file states the defaults
+
+
+def test_cli_llmemb_stage1(tiny_llm, data_dir, tmp_path, capsys):
+    from mmseqrec.cli import main
+
+    opts = tmp_path / "scft.yaml"
+    opts.write_text("steps: 1\nbatch_size: 4\nlora_rank: 2\nmax_length: 32\n")
+    with pytest.raises(SystemExit) as ok:
+        main(["embed", str(data_dir), "--source", "attributes", "--encoder", f"llmemb:{tiny_llm}", "--out", "st1",
+              "--scft", str(opts), "--scft-set", "pooling=last", "--pca", "8", "--device", "cpu", "--no-progress"])
+    assert ok.value.code == 0
+    out = capsys.readouterr().out
+    assert "st1.safetensors" in out and "llmemb stage 1: 1 steps" in out
+    meta = json.loads((Path(data_dir) / "embed" / "st1.json").read_text())
+    assert meta["dim"] == 8 and meta["pooling"] == "last" and meta["scft"]["config"]["lora_rank"] == 2
+    assert meta["normalize"] is False
+    with pytest.raises(SystemExit) as bad:  # stage-1 options without a stage-1 encoder: one line, exit 2
+        main(["embed", str(data_dir), "--scft-set", "steps=2", "--no-progress"])
+    assert bad.value.code == 2 and "llmemb:" in capsys.readouterr().err
