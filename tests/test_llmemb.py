@@ -93,7 +93,7 @@ def test_target_items_keep_duplicates_and_cap():
 
 
 def test_no_collab_no_alignment_and_store_checks():
-    llm, srs = _tables()
+    llm, _ = _tables()
     enc = LlmEmbEncoder(LlmEmbConfig(dim=D), llm, extra_tokens=1)
     assert enc.n_views == 1 and enc.table().shape == (1, N + 2, D)
     assert enc.target_losses(torch.tensor([[1, 2]])) == {}

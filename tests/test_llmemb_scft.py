@@ -22,15 +22,15 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from helpers import write_cycle_dataset  # noqa: E402
+from helpers import write_cycle_dataset
 
-from mmseqrec.data import DatasetDir  # noqa: E402
-from mmseqrec.embed.llmemb import ScftConfig, load_scft_encoder  # noqa: E402
-from mmseqrec.embed.pipeline import EmbedConfig, run_embed  # noqa: E402
-from mmseqrec.embed.sources import TEXT_PREFIX, text_inputs  # noqa: E402
-from mmseqrec.embed.store import load_embedding  # noqa: E402
-from mmseqrec.errors import InputError  # noqa: E402
-from mmseqrec.models.llmemb import attribute_dropout_views  # noqa: E402
+from mmseqrec.data import DatasetDir
+from mmseqrec.embed.llmemb import ScftConfig, load_scft_encoder
+from mmseqrec.embed.pipeline import EmbedConfig, run_embed
+from mmseqrec.embed.sources import TEXT_PREFIX, text_inputs
+from mmseqrec.embed.store import load_embedding
+from mmseqrec.errors import InputError
+from mmseqrec.models.llmemb import attribute_dropout_views
 
 torch.set_num_threads(1)
 N_ITEMS = 12
@@ -92,7 +92,8 @@ def data_dir(tmp_path) -> Path:
 
 
 def _cfg(**kw) -> ScftConfig:
-    base = dict(steps=2, batch_size=4, lr=1e-2, lora_rank=4, lora_dropout=0.0, max_length=64, save_every=1)
+    base = {"steps": 2, "batch_size": 4, "lr": 1e-2, "lora_rank": 4, "lora_dropout": 0.0, "max_length": 64,
+            "save_every": 1}
     return ScftConfig(**{**base, **kw})
 
 

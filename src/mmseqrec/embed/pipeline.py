@@ -346,7 +346,7 @@ def _fit_scft(ds: DatasetDir, cfg: EmbedConfig, model: str, texts: np.ndarray, i
               name: str) -> Encoder:
     """LLMEmb stage 1 (:mod:`mmseqrec.embed.llmemb`): LoRA contrastive fine-tuning on the items' texts,
     checkpointed under ``DATA/embed/NAME.scft/``; returns the tuned encoder."""
-    from .encoders import resolve_device
+    from .encoders import _torch_dtype, resolve_device
     from .llmemb import load_scft_encoder
 
     if cfg.pooling == "cls":
@@ -354,8 +354,9 @@ def _fit_scft(ds: DatasetDir, cfg: EmbedConfig, model: str, texts: np.ndarray, i
     scft = cfg.scft if cfg.pooling is None else cfg.scft.model_copy(update={"pooling": cfg.pooling})
     if cfg.max_length is not None:
         scft = scft.model_copy(update={"max_length": cfg.max_length})
-    dtype = None if cfg.dtype == "auto" else getattr(__import__("torch"), cfg.dtype)
-    enc = load_scft_encoder(model, scft, device=resolve_device(cfg.device), dtype=dtype)
+    device = resolve_device(cfg.device)
+    dtype = None if cfg.dtype == "auto" else _torch_dtype(cfg.dtype, device)  # auto: float32 for training
+    enc = load_scft_encoder(model, scft, device=device, dtype=dtype)
     enc.fit(texts[ids].tolist(), embed_dir(ds.path) / f"{name}.scft", hash_texts(texts), progress=cfg.progress)
     return enc
 
