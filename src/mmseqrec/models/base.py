@@ -36,6 +36,9 @@ class ItemEncoder(nn.Module, ABC):
     dim: int
     n_views: int
     n_items: int
+    #: where :meth:`mix_sequence` runs: ``embedded`` = after the backbone's input embedding (scale, positions,
+    #: dropout) and before its blocks (LLM-ESR's ``log2feats``); ``raw`` = on the raw item vectors, before it.
+    mix_stage: str = "embedded"
 
     @abstractmethod
     def table(self) -> Tensor:
@@ -68,9 +71,21 @@ class Backbone(nn.Module, ABC):
 
     dim: int
     causal: bool  # True when position t only sees positions <= t (next-item objectives over all positions)
+    cloze: bool = False  # trained by cloze masking, scored through an appended mask token (BERT4Rec)
 
     @abstractmethod
     def forward(self, x: Tensor, mask: Tensor) -> Tensor: ...
+
+    def embed(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Input side of :meth:`forward` (scale, positions, dropout); ``forward == encode(embed(x))``.
+
+        Default: identity. Item encoders that mix views (LLM-ESR) do it between ``embed`` and ``encode``.
+        """
+        return x
+
+    def encode(self, h: Tensor, mask: Tensor) -> Tensor:
+        """The rest of :meth:`forward` over embedded inputs (default: ``forward``)."""
+        return self.forward(h, mask)
 
 
 def padding_mask(ids: Tensor) -> Tensor:
