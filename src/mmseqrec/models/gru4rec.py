@@ -26,7 +26,7 @@ class GRU4RecConfig(Config):
     n_layers : GRU layers.
     dropout : dropout on the input vectors and the output states (LLM-ESR: none, ``0``).
     max_len : longest input sequence (inputs are truncated to it by the trainer).
-    bias : GRU biases (off as in LLM-ESR, which keeps padding states at zero).
+    bias : GRU biases (off as in LLM-ESR; without them zero padding inputs keep the state at zero).
     """
 
     name: Literal["gru4rec"] = "gru4rec"
