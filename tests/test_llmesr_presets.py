@@ -28,8 +28,7 @@ def test_llmesr_presets_say_what_the_code_does():
     for backbone in ("sasrec", "bert4rec", "gru4rec"):
         cfg = build_experiment(PRESETS / f"llmesr-{backbone}.yaml")
         enc, m, t = cfg.item_encoder, cfg.model, cfg.train
-        assert (enc.name, enc.dim, enc.heads, enc.causal, enc.mix_stage, enc.freeze) == \
-            ("llmesr", 64, 2, False, "embedded", True)
+        assert (enc.name, enc.dim, enc.heads, enc.causal, enc.freeze) == ("llmesr", 64, 2, False, True)
         assert (t.batch_size, t.lr, t.weight_decay, t.grad_clip, t.patience, t.bf16) == (128, 1e-3, 0, 0, 20, False)
         assert cfg.objective.name == "bce" and cfg.eval.protocol == "sampled:100" and cfg.eval.ks == [10]
         assert m.max_len == 200 and cfg.data.min_len == 3

@@ -36,9 +36,6 @@ class ItemEncoder(nn.Module, ABC):
     dim: int
     n_views: int
     n_items: int
-    #: where :meth:`mix_sequence` runs: ``embedded`` = after the backbone's input embedding (scale, positions,
-    #: dropout) and before its blocks (LLM-ESR's ``log2feats``); ``raw`` = on the raw item vectors, before it.
-    mix_stage: str = "embedded"
 
     @abstractmethod
     def table(self) -> Tensor:
@@ -54,7 +51,11 @@ class ItemEncoder(nn.Module, ABC):
         return t[:, ids]
 
     def mix_sequence(self, views: Tensor, mask: Tensor) -> Tensor:
-        """Sequence-level interaction between views, ``[V, B, L, d] -> [V, B, L, d]``. Default: identity."""
+        """Sequence-level interaction between views, ``[V, B, L, d] -> [V, B, L, d]``. Default: identity.
+
+        Runs on the *embedded* views: after the backbone's :meth:`Backbone.embed` (scale, positions, dropout)
+        and before its :meth:`Backbone.encode` (LLM-ESR's ``log2feats``).
+        """
         return views
 
     def aux_losses(self, ids: Tensor, table: Tensor | None = None) -> dict[str, Tensor]:

@@ -85,8 +85,6 @@ class DmesrConfig(Config):
     text_kv : what the text attends to at item level: the prompt ``views`` as tokens or the ``pooled`` MLLM view.
     causal : causal mask of the sequence-level fusion (LLM-ESR: off, only padding keys are masked; ``true``
         stops seq-to-seq training positions from seeing later items through the fusion).
-    mix_stage : where the sequence-level fusion runs (see :class:`~mmseqrec.models.llmesr.LlmEsrConfig`):
-        ``embedded`` (LLM-ESR's order: after the backbone's scale, positions and dropout) or ``raw``.
     combine : ``concat`` (``V`` views, shared backbone, concatenated scoring) or ``gated`` (``V = 1``).
     use_id_view : add a learned ID view.
     id_init : ``pca`` (PCA of ``id_pca_view``, as LLM-ESR) or ``xavier``.
@@ -123,7 +121,6 @@ class DmesrConfig(Config):
     fusion_norm_gain: Literal["embedding", "unit"] = "embedding"
     text_kv: Literal["views", "pooled"] = "views"
     causal: bool = False
-    mix_stage: Literal["embedded", "raw"] = "embedded"
     combine: Literal["concat", "gated"] = "concat"
     use_id_view: bool = False
     id_init: Literal["pca", "xavier"] = "pca"
@@ -239,7 +236,6 @@ class DmesrEncoder(ItemEncoder):
         super().__init__()
         self.cfg = cfg
         r = self.rcfg = cfg.resolved()
-        self.mix_stage = r.mix_stage
         self.dim, self.extra_tokens = int(r.dim), int(extra_tokens)
         needed = list(r.mllm_views) + (["raw"] if r.use_raw_text else [])
         missing = [v for v in needed if v not in features]

@@ -177,9 +177,6 @@ class LlmEsrConfig(Config):
     id_init : ``pca`` (PCA of the semantic embedding, LLM-ESR) or ``xavier`` (the "random init" ablation).
     use_id_view, use_semantic_view : ablations "w/o co-view" / "w/o semantic view".
     cross_attention : sequence-level ``llm2id`` / ``id2llm`` interaction (LLM-ESR: on).
-    mix_stage : where the cross-attention runs: ``embedded`` (LLM-ESR ``DualLLMSRS.log2feats``: after the
-        backbone's ``x * sqrt(d) + positions`` and dropout, before its blocks) or ``raw`` (on the raw item
-        vectors, before the backbone adds anything; our former order).
     heads : cross-attention heads (LLM-ESR: 2).
     causal : causal mask in the cross-attention (LLM-ESR: none, only padding keys are masked; ``true`` stops
         the seq-to-seq training positions from seeing later items through the cross-attention).
@@ -199,7 +196,6 @@ class LlmEsrConfig(Config):
     use_id_view: bool = True
     use_semantic_view: bool = True
     cross_attention: bool = True
-    mix_stage: Literal["embedded", "raw"] = "embedded"
     heads: int = Field(2, ge=1)
     causal: bool = False
     residual: bool = False
@@ -234,7 +230,6 @@ class LlmEsrEncoder(ItemEncoder):
         self.cfg = cfg
         self.n_items, self.dim, self.extra_tokens = int(features.shape[0] - 1), int(cfg.dim), int(extra_tokens)
         self.n_views = int(cfg.use_id_view) + int(cfg.use_semantic_view)
-        self.mix_stage = cfg.mix_stage
         feats = features.detach().float().clone()
         if cfg.freeze:
             self.register_buffer("features", feats, persistent=False)
@@ -278,8 +273,8 @@ class LlmEsrEncoder(ItemEncoder):
     def mix_sequence(self, views: Tensor, mask: Tensor) -> Tensor:
         """``llm2id`` / ``id2llm`` cross-attention: new id view = CA(q=llm, kv=id), new llm = CA(q=id, kv=llm).
 
-        :class:`~mmseqrec.models.sequence.SequenceModel` calls it at ``cfg.mix_stage`` (LLM-ESR: on the embedded
-        views, after the backbone's scale, positions and dropout).
+        :class:`~mmseqrec.models.sequence.SequenceModel` calls it on the embedded views, after the backbone's
+        ``x * sqrt(d) + positions`` and dropout, before its blocks (LLM-ESR ``DualLLMSRS.log2feats``).
         """
         if self.fusion is None:
             return views

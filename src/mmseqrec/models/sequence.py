@@ -83,14 +83,10 @@ class SequenceModel(nn.Module):
         views = self.item_encoder.encode(input_ids, t)  # [V, B, L, d]
         v, b, n, d = views.shape
         masks = mask.repeat(v, 1)
-        if v > 1 and getattr(self.item_encoder, "mix_stage", "embedded") == "embedded":
-            # LLM-ESR order: embed each view (scale, positions, dropout), mix, then the blocks
-            h = self.backbone.embed(views.reshape(v * b, n, d), masks)
-            h = self.item_encoder.mix_sequence(h.view(v, b, n, d), mask).reshape(v * b, n, d)
-            states = self.backbone.encode(h, masks)
-        else:
-            views = self.item_encoder.mix_sequence(views, mask)
-            states = self.backbone(views.reshape(v * b, n, d), masks)
+        # LLM-ESR's order: embed each view (scale, positions, dropout), mix the views, then the blocks
+        h = self.backbone.embed(views.reshape(v * b, n, d), masks)
+        h = self.item_encoder.mix_sequence(h.view(v, b, n, d), mask).reshape(v * b, n, d)
+        states = self.backbone.encode(h, masks)
         return states.view(v, b, n, -1).permute(1, 2, 0, 3).reshape(b, n, -1)
 
     def item_matrix(self, table: Tensor | None = None) -> Tensor:
