@@ -178,8 +178,10 @@ class LlmEsrConfig(Config):
     use_id_view, use_semantic_view : ablations "w/o co-view" / "w/o semantic view".
     cross_attention : sequence-level ``llm2id`` / ``id2llm`` interaction (LLM-ESR: on).
     heads : cross-attention heads (LLM-ESR: 2).
-    causal : causal mask in the cross-attention (LLM-ESR: none, only padding keys are masked; ``true`` stops
-        the seq-to-seq training positions from seeing later items through the cross-attention).
+    causal : causal mask in the cross-attention. Default ``true``: seq-to-seq training positions never see later
+        items (chosen on validation: NDCG@10 0.111 vs 0.059 with a causal SASRec, docs/methods/llmesr.md).
+        LLM-ESR's code masks only padding keys (``false``, with a non-causal SASRec): the
+        ``configs/presets/llmesr-*.yaml`` presets set it.
     residual, layernorm, dropout : cross-attention output options (LLM-ESR: none of them).
     item_reg : weight of LLM-ESR's optional ``--item_reg`` term, ``Contrastive_Loss2(adapter(llm), id)`` over
         the batch's items (LLM-ESR scripts: off).
@@ -197,7 +199,7 @@ class LlmEsrConfig(Config):
     use_semantic_view: bool = True
     cross_attention: bool = True
     heads: int = Field(2, ge=1)
-    causal: bool = False
+    causal: bool = True
     residual: bool = False
     layernorm: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
