@@ -44,6 +44,67 @@ def candidates_cmd(
                f"{history + 2} interactions left out")
 
 
+@llmrec_app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Prepared dataset directory (with "
+                                       "enrich/user-preference.parquet).")],
+    candidates: Annotated[Path, typer.Option(help="Candidate file from `mmseqrec llmrec candidates`; pass the same "
+                                             "path string to `mmseqrec evaluate --protocol candidates:file=...`.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Local transformers chat model directory, or "
+                                       "'smollm2' (offline SmolLM2-135M-Instruct).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    method: Annotated[str, typer.Option(help="mllm-msr (mmsrarec: not implemented yet).")] = "mllm-msr",
+    seed: Annotated[int, typer.Option(help="Seed of LoRA init, negatives and subsampling.")] = 0,
+    epochs: Annotated[int, typer.Option(help="SFT epochs over the training users' 1:1 pairs.")] = 1,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate of the LoRA weights.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option(help="SFT examples per step.")] = 4,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    max_train_users: Annotated[int | None, typer.Option(help="Subsample of training users (seeded).")] = None,
+    max_length: Annotated[int, typer.Option(help="Tokens per SFT example (prompt cut from the left).")] = 1024,
+    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
+) -> None:
+    """LoRA SFT of a chat LM on the yes/no prompt, then yes/no scoring of the file's valid and test lists; writes
+    the run-directory contract (config.yaml, adapter/ safetensors, metrics.json, ranks.parquet)."""
+    from ..errors import InputError
+    from ..llmrec.run import LLMRecConfig, train_llmrec
+
+    if method != "mllm-msr":
+        raise InputError(f"unknown or not yet implemented method {method!r}; choose mllm-msr", field="--method")
+    cfg = LLMRecConfig(method=method, data=str(data), candidates=str(candidates), model=model, seed=seed,
+                       epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r,
+                       max_train_users=max_train_users, max_length=max_length, device=device)
+    rec = train_llmrec(cfg, out, overwrite=overwrite)
+    _print(rec, out)
+
+
+@llmrec_app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `mmseqrec llmrec train`.")],
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: the run's).")] = None,
+) -> None:
+    """Re-score a trained LLM-recommender run on its candidate file (rewrites metrics.json and the ranks)."""
+    from ..llmrec.run import evaluate_llmrec
+
+    _print(evaluate_llmrec(run, device), run)
+
+
+def _print(rec: dict, run: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{rec['protocol']}")
+    table.add_column("metric")
+    for s in ("valid", "test"):
+        table.add_column(s, justify="right")
+    for k in rec["test"]:
+        table.add_row(k, *(f"{rec[s][k]:.4f}" if k != "n_cases" else str(rec[s][k]) for s in ("valid", "test")))
+    Console().print(table)
+    inf = rec.get("inference") or {}
+    typer.echo(f"{inf.get('forwards_per_user', 0):.1f} forwards and {inf.get('seconds_per_user', 0):.3f} s per user "
+               f"({inf.get('device')}); wrote {run / 'metrics.json'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``llmrec`` command group to ``app``."""
     app.add_typer(llmrec_app, name="llmrec")
