@@ -9,8 +9,8 @@ import typer
 
 __all__ = ["register"]
 
-llmrec_app = typer.Typer(help="The (M)LLM as the recommender (MLLM-MSR): candidate lists, LoRA SFT, yes/no "
-                              "scoring.", no_args_is_help=True)
+llmrec_app = typer.Typer(help="The (M)LLM as the recommender (MLLM-MSR, MMSRARec): candidate lists, LoRA SFT, "
+                              "yes/no scoring.", no_args_is_help=True)
 
 
 @llmrec_app.command("candidates")
@@ -53,7 +53,13 @@ def train_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Local transformers chat model directory, or "
                                        "'smollm2' (offline SmolLM2-135M-Instruct).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
-    method: Annotated[str, typer.Option(help="mllm-msr (mmsrarec: not implemented yet).")] = "mllm-msr",
+    method: Annotated[str, typer.Option(help="mllm-msr (preference summaries) | mmsrarec (item keywords + "
+                                        "similar users from --retriever, multi-task SFT; no GRPO yet).")]
+    = "mllm-msr",
+    retriever: Annotated[Path | None, typer.Option(help="mmsrarec: a trained SASRec run on the same dataset.")]
+    = None,
+    similar_users: Annotated[int, typer.Option(help="mmsrarec: similar training users per user (|S_u|).")] = 3,
+    multitask: Annotated[bool, typer.Option(help="mmsrarec: add the two auxiliary instruction types.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of LoRA init, negatives and subsampling.")] = 0,
     epochs: Annotated[int, typer.Option(help="SFT epochs over the training users' 1:1 pairs.")] = 1,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of the LoRA weights.")] = 2e-4,
@@ -69,9 +75,10 @@ def train_cmd(
     from ..errors import InputError
     from ..llmrec.run import LLMRecConfig, train_llmrec
 
-    if method != "mllm-msr":
-        raise InputError(f"unknown or not yet implemented method {method!r}; choose mllm-msr", field="--method")
-    cfg = LLMRecConfig(method=method, data=str(data), candidates=str(candidates), model=model, seed=seed,
+    if method not in ("mllm-msr", "mmsrarec"):
+        raise InputError(f"unknown method {method!r}; choose mllm-msr or mmsrarec", field="--method")
+    cfg = LLMRecConfig(method=method, retriever=None if retriever is None else str(retriever),
+                       similar_users=similar_users, multitask=multitask, data=str(data), candidates=str(candidates), model=model, seed=seed,
                        epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r,
                        max_train_users=max_train_users, max_length=max_length, device=device)
     rec = train_llmrec(cfg, out, overwrite=overwrite)

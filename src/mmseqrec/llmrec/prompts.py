@@ -20,7 +20,7 @@ from ..data.dataset import DatasetDir
 from ..enrich.tasks import PromptTemplate, item_descriptions
 from ..errors import InputError
 
-__all__ = ["RECOMMEND", "PromptTexts", "load_preferences", "load_prompt_texts"]
+__all__ = ["RECOMMEND", "PromptTexts", "item_titles", "load_preferences", "load_prompt_texts"]
 
 RECOMMEND = PromptTemplate(
     "mllm-msr/recommend", "1",
@@ -102,14 +102,20 @@ def load_preferences(ds: DatasetDir, users: np.ndarray | None = None, max_chars:
     return pref
 
 
-def load_prompt_texts(ds: DatasetDir, users: np.ndarray | None = None, max_desc_chars: int = 600) -> PromptTexts:
-    """Preferences (checked for ``users``), titles and descriptions of ``ds``."""
-    pref = load_preferences(ds, users)
+def item_titles(ds: DatasetDir) -> np.ndarray:
+    """Cleaned title per item id (index 0 = padding, empty)."""
     items = ds.items.sort("item")
     title = np.full(ds.n_items + 1, "", dtype=object)
     if "title" in items.columns:
         title[items["item"].to_numpy()] = np.asarray(
             [_clean(t) for t in items["title"].cast(pl.Utf8).fill_null("").to_list()] + [None], dtype=object)[:-1]
+    return title
+
+
+def load_prompt_texts(ds: DatasetDir, users: np.ndarray | None = None, max_desc_chars: int = 600) -> PromptTexts:
+    """Preferences (checked for ``users``), titles and descriptions of ``ds``."""
+    pref = load_preferences(ds, users)
+    title = item_titles(ds)
     desc, desc_source = item_descriptions(ds, max_desc_chars)
     desc = np.asarray([_clean(d) for d in desc], dtype=object)
     return PromptTexts(pref, title, desc, {"preference": "enrich/user-preference.parquet",

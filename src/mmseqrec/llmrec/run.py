@@ -1,4 +1,5 @@
-"""MLLM-MSR as a run: LoRA SFT (peft) on the yes/no prompt, then yes/no scoring of the candidate file's valid and
+"""MLLM-MSR (and MMSRARec's prompt + multi-task SFT, :mod:`.mmsrarec`) as a run: LoRA SFT (peft) on the yes/no
+prompt, then yes/no scoring of the candidate file's valid and
 test lists, written with the run-directory contract of ``mmseqrec train`` so ``compare`` pairs it with
 sequential runs scored on the same file (``mmseqrec evaluate RUN --protocol candidates:file=FILE``).
 
@@ -38,7 +39,7 @@ from .candidates import read_candidate_set
 from .prompts import PromptTexts, load_prompt_texts
 from .scoring import YesNoScorer, collate_sft, encode_sft
 
-__all__ = ["LLMRecConfig", "evaluate_llmrec", "load_lm", "resolve_model", "train_llmrec"]
+__all__ = ["LLMRecConfig", "Prompter", "evaluate_llmrec", "load_lm", "resolve_model", "train_llmrec"]
 
 CONFIG, ADAPTER, LOG, METRICS, RANKS = "config.yaml", "adapter", "log.jsonl", "metrics.json", "ranks.parquet"
 
@@ -48,7 +49,7 @@ class LLMRecConfig(Config):
 
     Attributes
     ----------
-    method : {"mllm-msr"}
+    method : {"mllm-msr", "mmsrarec"}
     data, candidates : str
         Prepared dataset directory and candidate file (``mmseqrec llmrec candidates``).
     model : str
@@ -58,11 +59,17 @@ class LLMRecConfig(Config):
     max_train_users : int or None
         Subsample of training users (seeded); ``None`` = all.
     ks : cut-offs of HR/NDCG/MRR.
+    retriever : str or None
+        ``mmsrarec``: a trained sequential run (SASRec) whose user states find the similar training users.
+    similar_users : int
+        ``mmsrarec``: |S_u| (3).
+    multitask : bool
+        ``mmsrarec``: add the two auxiliary instruction types to the SFT data.
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    method: Literal["mllm-msr"] = "mllm-msr"
+    method: Literal["mllm-msr", "mmsrarec"] = "mllm-msr"
     data: str
     candidates: str
     model: str
@@ -77,6 +84,9 @@ class LLMRecConfig(Config):
     max_train_users: int | None = Field(None, ge=1)
     device: str = "cpu"
     ks: list[int] = Field(default_factory=lambda: [5, 10])
+    retriever: str | None = None
+    similar_users: int = Field(3, ge=1)
+    multitask: bool = True
 
 
 def resolve_model(arg: str) -> Path:
@@ -111,7 +121,44 @@ def load_lm(path: str | Path, device: str = "cpu"):
     return model, tok
 
 
-def _score_split(scorer: YesNoScorer, texts: PromptTexts, ds: DatasetDir, cand_path: str, split_name: str,
+class Prompter:
+    """``prompt(row, item)`` for the rows of a candidate set, per method; ``aux(row)`` the auxiliary SFT pairs."""
+
+    def __init__(self, cfg: LLMRecConfig, ds: DatasetDir, cs) -> None:
+        self.cs = cs
+        self.row_of = np.full(ds.n_users + 1, -1, dtype=np.int64)
+        self.row_of[cs.users] = np.arange(cs.users.size)
+        if cfg.method == "mllm-msr":
+            self.texts: PromptTexts | None = load_prompt_texts(ds, cs.users)  # every user needs a summary
+            self.kw = None
+            self.sources: dict[str, Any] = dict(self.texts.sources)
+            return
+        from ..train.run import load_run
+        from .mmsrarec import KeywordPrompter, load_keywords
+        from .prompts import item_titles
+        from .retrieval import similar_users
+
+        if cfg.retriever is None:
+            raise InputError("mmsrarec needs --retriever RUN (a trained SASRec run on the same dataset)",
+                             field="--retriever")
+        titles = item_titles(ds)
+        keywords, counts = load_keywords(ds, titles)
+        ret = load_run(cfg.retriever, device=cfg.device, data_dir=ds.path)
+        sim = similar_users(ret.model, ds.sequences, cs, k=cfg.similar_users, device=cfg.device)
+        self.texts, self.kw = None, KeywordPrompter(cs, sim, keywords, titles)
+        self.sources = {"template": "mmsrarec/recommend@1", "keywords": "enrich/item-keywords.parquet", **counts,
+                        "retriever": str(cfg.retriever), "similar_users": cfg.similar_users}
+
+    def prompt(self, row: int, item: int) -> str:
+        if self.texts is not None:
+            return self.texts.prompt(int(self.cs.users[row]), int(item))
+        return self.kw.prompt(row, int(item))
+
+    def aux(self, row: int) -> list[tuple[str, str]]:
+        return [] if self.kw is None else self.kw.aux(row)
+
+
+def _score_split(scorer: YesNoScorer, prompter: Prompter, ds: DatasetDir, cand_path: str, split_name: str,
                  ks: list[int]) -> RankingResult:
     """Score the file's rows of ``split_name`` (one shared-prefix forward per user) and rank them with the one
     evaluator, under ``candidates:file=PATH``."""
@@ -119,8 +166,9 @@ def _score_split(scorer: YesNoScorer, texts: PromptTexts, ds: DatasetDir, cand_p
     evalset = getattr(split, split_name)
     lists = read_candidates(cand_path, evalset.users, evalset.targets, ds.n_users, ds.n_items, split=split_name)
     users = evalset.users[lists.cases]
-    scores = np.stack([scorer.score_shared(texts.prompts(int(u), row)) for u, row in zip(users, lists.items,
-                                                                                       strict=True)])
+    rows = prompter.row_of[users]
+    scores = np.stack([scorer.score_shared([prompter.prompt(int(r), int(it)) for it in items])
+                       for r, items in zip(rows, lists.items, strict=True)])
     expected = torch.from_numpy(lists.items)
     table = torch.from_numpy(scores.astype(np.float32))
     ptr = [0]
@@ -137,15 +185,19 @@ def _score_split(scorer: YesNoScorer, texts: PromptTexts, ds: DatasetDir, cand_p
                             progress=False)
 
 
-def _sft_examples(tok, texts: PromptTexts, cs, rows: np.ndarray, rng: np.random.Generator, max_length: int
-                  ) -> list[tuple[list[int], list[int]]]:
+def _sft_examples(tok, prompter: Prompter, rows: np.ndarray, rng: np.random.Generator, max_length: int,
+                  multitask: bool = False) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """1 positive + 1 negative yes/no example per training row (+ the auxiliary pairs); returns the examples and
+    the number of yes/no pairs."""
+    cs = prompter.cs
     out = []
     for i in rows:
         negs = cs.candidates[i][cs.candidates[i] != cs.targets[i]]
-        u = int(cs.users[i])
-        out.append(encode_sft(tok, texts.prompt(u, int(cs.targets[i])), True, max_length))
-        out.append(encode_sft(tok, texts.prompt(u, int(rng.choice(negs))), False, max_length))
-    return out
+        out.append(encode_sft(tok, prompter.prompt(int(i), int(cs.targets[i])), True, max_length))
+        out.append(encode_sft(tok, prompter.prompt(int(i), int(rng.choice(negs))), False, max_length))
+        if multitask:
+            out += [encode_sft(tok, p, a, max_length) for p, a in prompter.aux(int(i))]
+    return out, int(rows.size)
 
 
 def _write_results(run: Path, cfg: LLMRecConfig, results: dict[str, RankingResult], ds: DatasetDir,
@@ -170,7 +222,7 @@ def train_llmrec(cfg: LLMRecConfig, out: str | Path, *, overwrite: bool = False,
         raise InputError("run directory exists and is not empty; pass --overwrite to replace it", file=run)
     ds = DatasetDir(cfg.data)
     cs = read_candidate_set(cfg.candidates, ds.n_items)
-    texts = load_prompt_texts(ds, cs.users)  # every user of the file needs a summary (clear error otherwise)
+    prompter = Prompter(cfg, ds, cs)  # inputs checked before anything is written
     model_dir = resolve_model(cfg.model)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -186,14 +238,15 @@ def train_llmrec(cfg: LLMRecConfig, out: str | Path, *, overwrite: bool = False,
     from ..fileio import sha256_file
 
     resolved = {**cfg.model_dump(), "model_dir": str(model_dir), "candidates_sha256": sha256_file(cfg.candidates),
-                "prompt_sources": texts.sources, "n_train_users": int(train_rows.size)}
+                "prompt_sources": prompter.sources, "n_train_users": int(train_rows.size)}
     atomic_write_text(run / CONFIG, yaml.safe_dump(resolved, sort_keys=False))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     log_lines = []
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
-        ex = _sft_examples(tok, texts, cs, train_rows, rng, cfg.max_length)
+        ex, n_pairs = _sft_examples(tok, prompter, train_rows, rng, cfg.max_length,
+                                    cfg.multitask and cfg.method == "mmsrarec")
         order = rng.permutation(len(ex))
         losses = []
         for b0 in range(0, len(order), cfg.batch_size):
@@ -205,20 +258,20 @@ def train_llmrec(cfg: LLMRecConfig, out: str | Path, *, overwrite: bool = False,
             opt.step()
             losses.append(float(loss.detach()))
         log_lines.append({"epoch": epoch + 1, "sft_loss": float(np.mean(losses)) if losses else None,
-                          "n_pairs": len(ex) // 2, "seconds": time.perf_counter() - t0})
+                          "n_pairs": n_pairs, "n_examples": len(ex), "seconds": time.perf_counter() - t0})
     train_seconds = time.perf_counter() - t0
     atomic_write_text(run / LOG, "".join(json.dumps(r) + "\n" for r in log_lines))
     with atomic_dir(run / ADAPTER, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     model.eval()
-    return _evaluate(run, cfg, model, tok, ds, texts, {"train_seconds": train_seconds})
+    return _evaluate(run, cfg, model, tok, ds, prompter, {"train_seconds": train_seconds})
 
 
-def _evaluate(run: Path, cfg: LLMRecConfig, model, tok, ds: DatasetDir, texts: PromptTexts,
+def _evaluate(run: Path, cfg: LLMRecConfig, model, tok, ds: DatasetDir, prompter: Prompter,
               extra: dict[str, Any]) -> dict[str, Any]:
     scorer = YesNoScorer(model, tok, cfg.device)
     t0 = time.perf_counter()
-    results = {s: _score_split(scorer, texts, ds, cfg.candidates, s, cfg.ks) for s in ("valid", "test")}
+    results = {s: _score_split(scorer, prompter, ds, cfg.candidates, s, cfg.ks) for s in ("valid", "test")}
     n_users = sum(r.users.size for r in results.values())
     extra = {**extra, "inference": {"forwards_per_user": scorer.forwards / max(n_users, 1),
                                     "seconds_per_user": (time.perf_counter() - t0) / max(n_users, 1),
@@ -245,8 +298,8 @@ def evaluate_llmrec(run_dir: str | Path, device: str | None = None) -> dict[str,
         raise InputError("the candidate file changed since the run was trained", file=cfg.candidates)
     ds = DatasetDir(cfg.data)
     cs = read_candidate_set(cfg.candidates, ds.n_items)
-    texts = load_prompt_texts(ds, cs.users)
+    prompter = Prompter(cfg, ds, cs)
     base, tok = load_lm(model_dir or resolve_model(cfg.model), cfg.device)
     model = peft.PeftModel.from_pretrained(base, run / ADAPTER).eval()
     old = json.loads((run / METRICS).read_text()) if (run / METRICS).exists() else {}
-    return _evaluate(run, cfg, model, tok, ds, texts, {"train_seconds": old.get("train_seconds")})
+    return _evaluate(run, cfg, model, tok, ds, prompter, {"train_seconds": old.get("train_seconds")})

@@ -45,14 +45,16 @@ def answer_token_ids(tokenizer) -> tuple[int, int]:
     return int(ids[0][0]), int(ids[1][0])
 
 
-def encode_sft(tokenizer, prompt: str, label: bool, max_length: int = 1024) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)`` of one supervised example: the chat-wrapped prompt, then the answer ``yes``/``no``
-    and the end-of-turn token; labels are ``-100`` on the prompt (the loss covers the answer tokens only).
+def encode_sft(tokenizer, prompt: str, label: bool | str, max_length: int = 1024) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of one supervised example: the chat-wrapped prompt, then the answer (``yes`` /
+    ``no`` for a bool ``label``, else the text itself, e.g. an auxiliary task's title) and the end-of-turn token;
+    labels are ``-100`` on the prompt (the loss covers the answer tokens only).
 
     A prompt too long for ``max_length`` is cut from the left of the prompt (the answer is always kept).
     """
     p = chat_ids(tokenizer, prompt)
-    a = list(tokenizer("yes" if label else "no", add_special_tokens=False)["input_ids"])
+    answer = label if isinstance(label, str) else ("yes" if label else "no")
+    a = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
     if tokenizer.eos_token_id is not None:
         a.append(int(tokenizer.eos_token_id))
     p = p[max(0, len(p) + len(a) - max_length):]
