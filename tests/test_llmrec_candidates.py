@@ -55,6 +55,8 @@ def test_bad_options_are_clear():
         build_candidate_set(seqs, history=0)
     with pytest.raises(InputError, match="--history"):
         build_candidate_set(seqs, history=30)
+    with pytest.raises(InputError, match="--negatives"):
+        build_candidate_set(seqs, history=3, negatives=75)  # fewer than 75 never-interacted items
 
 
 def test_file_round_trip_and_split_rows_define_the_cases(tmp_path):

@@ -91,7 +91,10 @@ def build_candidate_set(seqs: SequenceData, history: int = 5, negatives: int = 2
     end = seqs.indptr[users + 1]
     hist_end = np.where(split == "valid", end - 2, end - 1)
     targets = seqs.items[hist_end]
-    negs = sample_negatives(seqs, users, end, targets, negatives, rng)  # never any item of the whole sequence
+    try:  # never any item of the user's whole sequence
+        negs = sample_negatives(seqs, users, end, targets, negatives, rng)
+    except InputError as exc:
+        raise InputError(exc.reason.split(";")[0] + "; use fewer --negatives", field="--negatives") from None
     pos = rng.integers(0, negatives + 1, size=users.size)
     cands = _place_positive(negs, targets, pos)
     hist = build_histories(seqs, users, hist_end, history)
