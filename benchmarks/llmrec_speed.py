@@ -33,8 +33,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-_WORDS = ("comedy drama thriller romance animation action adventure science fiction documentary crime mystery "
-          "family fantasy horror musical western war history biography sport").split()
+_WORDS = ["comedy", "drama", "thriller", "romance", "animation", "action", "adventure", "science", "fiction", "documentary", "crime", "mystery", "family", "fantasy", "horror", "musical", "western", "war", "history", "biography", "sport"]
 
 
 def _prompts(n_users: int, n_cand: int, seed: int = 0) -> list[list[str]]:

@@ -15,8 +15,8 @@ from helpers import run_cli, write_cycle_dataset
 
 from mmseqrec.data.dataset import SequenceData
 from mmseqrec.llmrec.candidates import build_candidate_set, read_candidate_set
-from mmseqrec.llmrec.rewards import RewardWeights, reward, reward_info, reward_len, reward_recon
 from mmseqrec.llmrec.retrieval import similar_users
+from mmseqrec.llmrec.rewards import RewardWeights, reward, reward_info, reward_len, reward_recon
 
 
 class _Uniform(torch.nn.Module):

@@ -88,9 +88,7 @@ def test_train_run_contract_compare_and_reevaluate(tmp_path, lm_dir):
     assert 0 == run_cli(["train", "--data", str(data), "--model", "sasrec", "--out", str(sas), "--epochs", "1",
                          "--device", "cpu", "--set", "model.n_layers=1"])
     assert 0 == run_cli(["evaluate", str(sas), "--protocol", f"candidates:file={lists}"])
-    from mmseqrec.evaluate.report import compare_runs
-
-    from mmseqrec.evaluate.report import load_run_result
+    from mmseqrec.evaluate.report import compare_runs, load_run_result
 
     a = load_run_result(sas, f"candidates:file={lists}")
     b = load_run_result(run)
