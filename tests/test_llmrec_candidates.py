@@ -47,6 +47,9 @@ def test_lists_never_hold_an_interacted_item_and_split_is_8_1_1():
     again = build_candidate_set(seqs, history=5, negatives=20, seed=7)
     assert np.array_equal(again.candidates, cs.candidates) and np.array_equal(again.split, cs.split)
     assert not np.array_equal(build_candidate_set(seqs, history=5, negatives=20, seed=8).candidates, cs.candidates)
+    sub = build_candidate_set(seqs, history=5, negatives=20, seed=7, max_users=10)
+    assert sub.users.size == 10 and set(sub.users.tolist()) <= set(cs.users.tolist())
+    assert sub.n_skipped == seqs.n_users - 10 and sum(sub.counts().values()) == 10
 
 
 def test_bad_options_are_clear():

@@ -95,6 +95,7 @@ def test_train_run_contract_compare_and_reevaluate(tmp_path, lm_dir):
     rows = compare_runs(a, b, ["HR@5", "AUC"])
     assert rows[0]["n"] == cs.counts()["test"]
     assert 0 == run_cli(["compare", str(sas), str(run), "--protocol", f"candidates:file={lists}"])
+    assert 0 == run_cli(["report", str(run)])
     # re-evaluation from the saved adapter gives the same numbers
     before = m["test"]
     assert 0 == run_cli(["llmrec", "evaluate", str(run)])

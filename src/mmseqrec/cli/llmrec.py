@@ -22,6 +22,8 @@ def candidates_cmd(
     split: Annotated[str, typer.Option(help="user (8:1:1 over users, MLLM-MSR).")] = "user",
     seed: Annotated[int, typer.Option(help="Seed of the user split, the negatives and the positive's column.")]
     = 0,
+    max_users: Annotated[int | None, typer.Option(help="A seeded random subset of the eligible users (LLM inputs "
+                                                  "cost a generation per user).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Per user a history of n items, 1 positive + N never-interacted negatives, users split 8:1:1; score any run
@@ -36,12 +38,12 @@ def candidates_cmd(
         raise InputError("exists; pass --overwrite to replace it (candidate files are inputs of results)",
                          file=out)
     ds = DatasetDir(data)
-    cs = build_candidate_set(ds.sequences, history=history, negatives=negatives, seed=seed)
+    cs = build_candidate_set(ds.sequences, history=history, negatives=negatives, seed=seed, max_users=max_users)
     sha = write_candidate_set(out, cs, ds.n_items)
     c = cs.counts()
     typer.echo(f"wrote {out} (sha256 {sha[:12]}): {c['train']} train / {c['valid']} valid / {c['test']} test users, "
-               f"{negatives + 1} candidates each, history {history}; {cs.n_skipped} users with fewer than "
-               f"{history + 2} interactions left out")
+               f"{negatives + 1} candidates each, history {history}; {cs.n_skipped} users left out (fewer than "
+               f"{history + 2} interactions" + (f", or beyond --max-users {max_users})" if max_users else ")"))
 
 
 @llmrec_app.command("train")

@@ -45,7 +45,7 @@ class CandidateSet:
     history : ndarray int64 [n, h]
         The items before the target, oldest first.
     n_skipped : int
-        Users left out for having fewer than ``h + 2`` interactions.
+        Users left out (fewer than ``h + 2`` interactions, or beyond ``max_users``).
     """
 
     users: np.ndarray
@@ -64,8 +64,13 @@ class CandidateSet:
 
 
 def build_candidate_set(seqs: SequenceData, history: int = 5, negatives: int = 20, seed: int = 0,
-                        ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> CandidateSet:
-    """Split the eligible users 8:1:1 (seeded permutation) and draw their lists (see the module docstring)."""
+                        ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), max_users: int | None = None
+                        ) -> CandidateSet:
+    """Split the eligible users 8:1:1 (seeded permutation) and draw their lists (see the module docstring).
+
+    ``max_users`` keeps a seeded random subset of the eligible users first (LLM inputs such as preference summaries
+    cost a generation per user); the users left out are counted in ``n_skipped``.
+    """
     if history < 1:
         raise InputError(f"the history must hold at least 1 item, got {history}", field="--history")
     if negatives < 1:
@@ -79,6 +84,11 @@ def build_candidate_set(seqs: SequenceData, history: int = 5, negatives: int = 2
         raise InputError(f"only {eligible.size} users have at least {history + 2} interactions (history {history} "
                          "+ validation + test); use a shorter --history", field="--history")
     rng = np.random.default_rng(seed)
+    if max_users is not None:
+        if max_users < 3:
+            raise InputError(f"--max-users must be at least 3, got {max_users}", field="--max-users")
+        if eligible.size > max_users:
+            eligible = np.sort(rng.choice(eligible, max_users, replace=False))
     users = eligible
     perm = rng.permutation(users.size)
     n_train = int(np.floor(ratios[0] * users.size))
@@ -99,7 +109,7 @@ def build_candidate_set(seqs: SequenceData, history: int = 5, negatives: int = 2
     cands = _place_positive(negs, targets, pos)
     hist = build_histories(seqs, users, hist_end, history)
     return CandidateSet(users=users, targets=targets.astype(np.int64), candidates=cands, split=split,
-                        history=hist, n_skipped=int(seqs.n_users - eligible.size))
+                        history=hist, n_skipped=int(seqs.n_users - eligible.size))  # short + subsampled out
 
 
 def write_candidate_set(path: str | Path, cs: CandidateSet, n_items: int) -> str:
