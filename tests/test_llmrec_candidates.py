@@ -102,3 +102,25 @@ def test_sasrec_run_scored_on_the_file_through_the_cli(tmp_path):
     assert ranks["rank"].max() <= 20
     ds = DatasetDir(data)
     assert rec["data"]["sha256"] == ds.identity["sha256"]
+
+
+def test_a_row_that_is_not_a_case_of_its_split_is_named(tmp_path):
+    seqs = _random_seqs()
+    cs = build_candidate_set(seqs, history=3, negatives=5, seed=2)
+    path = tmp_path / "lists.parquet"
+    write_candidate_set(path, cs, seqs.n_items)
+    df = pl.read_parquet(path)
+    row = int(cs.rows("test")[0])  # a test row (target = last item) relabelled valid: not a validation case
+    df = df.with_columns(pl.when(pl.int_range(pl.len()) == row).then(pl.lit("valid")).otherwise(pl.col("split"))
+                         .alias("split"))
+    df.write_parquet(path)
+    with pytest.raises(InputError, match="is not a valid case") as e:
+        evaluate_ranking(lambda h, c: -c.float(), leave_one_out(seqs).valid, seqs, f"candidates:file={path}",
+                         progress=False)
+    assert f"line {row + 1}" in str(e.value)
+    with pytest.raises(InputError, match="must name"):
+        from mmseqrec.data.split import EvalSet
+
+        t = leave_one_out(seqs).test
+        evaluate_ranking(lambda h, c: -c.float(), EvalSet(t.users, t.targets, t.hist_end), seqs,
+                         f"candidates:file={path}", progress=False)

@@ -166,16 +166,14 @@ def read_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, n_
         if not df.schema[col].is_integer():
             raise InputError(f"must be integer ids, got {df.schema[col]}", file=path, field=col)
     by_split = "split" in df.columns
-    line_no = np.arange(1, df.height + 1, dtype=np.int64)
-    if by_split:
+    keep = np.ones(df.height, dtype=bool)
+    if by_split:  # the whole file is validated; only this split's rows are aligned with the cases
         _check_split_values(df["split"], path)
         if split not in ("valid", "test"):
             raise InputError("this candidate file assigns its rows to splits; the evaluation cases must name "
                              "theirs (valid or test)", file=path, field="split")
         keep = (df["split"].cast(pl.Utf8) == split).to_numpy()
-        line_no = line_no[keep]
-        df = df.filter(pl.Series(keep))
-        if df.height == 0:
+        if not keep.any():
             raise InputError(f"the candidate file has no {split} rows", file=path, field="split")
     df = df.select("user", "target", pl.col("candidates").cast(pl.List(pl.Int64)))
     if df.height == 0:
@@ -202,12 +200,14 @@ def read_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, n_
             raise InputError(f"unknown user {int(fu[i - 1])} (users are 1..{n_users})", file=path, line=i,
                              field="user")
     tcol_file = _validate_lists(items, ft, n_items, path)
+    line_no = np.nonzero(keep)[0] + 1  # file lines of the rows kept
+    fu, ft, items, tcol_file = fu[keep], ft[keep], items[keep], tcol_file[keep]
     key = pl.DataFrame({"user": fu, "target": ft, "row": np.arange(fu.size, dtype=np.int64)})
     dup = key.select(pl.struct("user", "target").is_duplicated()).to_series().to_numpy()
     if dup.any():
         i = _first_bad(dup)
         raise InputError(f"duplicate row for user {int(fu[i - 1])}, target {int(ft[i - 1])}", file=path,
-                         line=i, field="user")
+                         line=int(line_no[i - 1]), field="user")
     cases = pl.DataFrame({"user": np.asarray(users, dtype=np.int64), "target": np.asarray(targets, dtype=np.int64),
                           "case": np.arange(np.asarray(users).size, dtype=np.int64)})
     if by_split:  # the file's rows of this split are the cases scored; each must be an evaluation case
