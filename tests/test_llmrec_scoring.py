@@ -13,11 +13,11 @@ from mmseqrec.llmrec.random_lm import build_random_lm
 from mmseqrec.llmrec.scoring import YesNoScorer, answer_token_ids, chat_ids, collate_sft, encode_sft
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(tmp_path_factory, request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = build_random_lm(tmp_path_factory.mktemp("lm") / "tiny", seed=1)
+    path = build_random_lm(tmp_path_factory.mktemp("lm") / "tiny", arch=request.param, seed=1)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return model, tok
