@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 
@@ -102,6 +103,7 @@ def main() -> None:
         outs[way] = np.stack([fn(p) for p in users])
         dt = time.perf_counter() - t0
         res[way] = {"seconds_per_user": dt / args.users, "calls_per_user": scorer.forwards / args.users}
+        print(f"{way}: {res[way]}", file=sys.stderr, flush=True)
     if "generate" in outs:
         res["speedup_vs_generate"] = res["generate"]["seconds_per_user"] / res["shared"]["seconds_per_user"]
         res["max_abs_diff"] = float(np.abs(outs["shared"] - outs["generate"]).max())
