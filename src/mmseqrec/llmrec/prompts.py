@@ -25,14 +25,15 @@ __all__ = ["RECOMMEND", "PromptTexts", "item_titles", "load_preferences", "load_
 RECOMMEND = PromptTemplate(
     "mllm-msr/recommend", "1",
     "Based on the previous interaction history, the user's preference can be summarized as: {preference} "
-    "Please predict whether this user would interact with the item at the next opportunity. The item's title is "
-    "'{title}', and its description is: {description} Please only response 'yes' or 'no' based on your "
-    "judgement, do not include any other content including words, space, and punctuations in your response.",
+    "Please predict whether this user would interact with the item below at the next opportunity. Please only "
+    "response 'yes' or 'no' based on your judgement, do not include any other content including words, space, "
+    "and punctuations in your response. The item's title is '{title}', and its description is: {description}",
     "adapted", "MLLM-MSR test/microlens/test_with_llava_sft.py (recommendation prompt)",
-    "'video' -> 'item'; the image clause ('the given image is this video's cover') becomes the item's "
-    "description (image summary or text) for text-only models; a space after the preference and after 'is'; "
-    "the '[INST] ... [/INST]' wrapper (and the training script's '[\\INST]' typo) is replaced by the model's own "
-    "chat template",
+    "the answer instruction is moved before the candidate, so that a user's 21 prompts share everything up to the "
+    "candidate's title (one KV-cached prefix, short per-candidate suffixes); 'video' -> 'item'; the image clause "
+    "('the given image is this video's cover') becomes the item's description (image summary or text) for "
+    "text-only models; the '[INST] ... [/INST]' wrapper (and the training script's '[\\INST]' typo) is "
+    "replaced by the model's own chat template",
 )
 
 ANSWERS = ("yes", "no")
