@@ -75,22 +75,27 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
         data: Annotated[Path | None, typer.Option("--data", "-d", help="Prepared dataset directory.")] = None,
-        model: Annotated[str | None, typer.Option("--model", "-m", help="sasrec | bert4rec | gru4rec")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", help="sasrec | bert4rec | gru4rec | bpr | lightgcn | vbpr | freedom | mllmrec")] = None,
         protocol: Annotated[str | None, typer.Option(help="full | sampled:N | candidates:N ...")] = None,
         config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML.")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override key.sub=value.")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+        split: Annotated[str | None, typer.Option(help="General models: random:8:1:1 | time:8:1:1 | x_label.")
+                         ] = None,
         resume: Annotated[bool, typer.Option(help="Continue RUN from its last checkpoint.")] = False,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
     ) -> None:
         """Train a sequence model; writes RUN/metrics.json, config.yaml, model.safetensors, log.jsonl."""
+        from ..train.general import GeneralTrainer, is_general
         from ..train.trainer import Trainer
 
         base = None
         if resume and config is None and (out / "config.yaml").exists():
             base = yaml.safe_load((out / "config.yaml").read_text())
-        cfg = build_experiment(config, data, model, protocol, seed, set_, base=base)
-        metrics = Trainer(cfg, out, resume=resume, overwrite=overwrite).fit()
+        sets = list(set_ or []) + ([f"data.split={split}"] if split else [])
+        cfg = build_experiment(config, data, model, protocol, seed, sets, base=base)
+        trainer = GeneralTrainer if is_general(cfg) else Trainer
+        metrics = trainer(cfg, out, resume=resume, overwrite=overwrite).fit()
         console.print(_metrics_table(f"test ({metrics['protocol']}, best epoch {metrics['best_epoch']})",
                                      metrics["test"]))
         console.print(f"wrote {out / 'metrics.json'}")
@@ -126,6 +131,7 @@ def register(app: typer.Typer) -> None:
     def recommend_cmd(
         run: Annotated[Path, typer.Argument(help="Run directory written by `mmseqrec train`.")],
         history: Annotated[str, typer.Option(help="Original item ids, oldest first, comma-separated.")] = "",
+        user: Annotated[str | None, typer.Option(help="General models: an original user id.")] = None,
         k: Annotated[int, typer.Option("-k", "--k", help="Number of items.")] = 10,
         include_seen: Annotated[bool, typer.Option(help="Allow items of the history.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -133,8 +139,16 @@ def register(app: typer.Typer) -> None:
         """Print the top-K items with scores for a history of original item ids."""
         from ..serve.recommend import recommend
 
+        from ..serve.general import GeneralRecommender, is_general_run
+
         items = [h.strip() for h in history.split(",") if h.strip()]
-        res = recommend(run, items, k=k, exclude_seen=not include_seen)
+        if is_general_run(run):
+            res = GeneralRecommender(run)(items, user=user, k=k, exclude_seen=not include_seen)
+        elif user is not None:
+            raise InputError("--user needs a general model run (bpr, lightgcn, vbpr, freedom, mllmrec)",
+                             field="--user")
+        else:
+            res = recommend(run, items, k=k, exclude_seen=not include_seen)
         if as_json:
             typer.echo(json.dumps({"items": [{"item_id": i, "title": t, "score": s} for i, t, s in res.items],
                                    "unknown": res.unknown}))

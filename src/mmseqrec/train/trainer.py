@@ -292,4 +292,8 @@ class Trainer:
 def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False
           ) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` and return the contents of ``metrics.json``."""
+    from .general import GeneralTrainer, is_general
+
+    if is_general(cfg):
+        return GeneralTrainer(cfg, run_dir, resume=resume, overwrite=overwrite).fit()
     return Trainer(cfg, run_dir, resume=resume, overwrite=overwrite).fit()
