@@ -26,6 +26,7 @@ Written from the papers (MMRec is GPL; read to understand only):
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -62,12 +63,12 @@ __all__ = [
 def sym_normalize(rows: Tensor, cols: Tensor, vals: Tensor, n: int) -> Tensor:
     """Sparse ``D^-1/2 G D^-1/2`` of the ``n x n`` matrix ``G`` given as COO (``D`` = row sums; duplicate
     entries are summed first; rows with zero sum stay zero)."""
-    g = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals.float(), (n, n)).coalesce()
+    g = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals.float(), (n, n), check_invariants=False).coalesce()
     r, c = g.indices()
     v = g.values()
     deg = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, r, v)
     inv = torch.where(deg > 0, deg.clamp_min(1e-30).rsqrt(), torch.zeros_like(deg))
-    return torch.sparse_coo_tensor(g.indices(), inv[r] * v * inv[c], (n, n)).coalesce()
+    return torch.sparse_coo_tensor(g.indices(), inv[r] * v * inv[c], (n, n), check_invariants=False).coalesce()
 
 
 def bipartite_adjacency(users: Tensor, items: Tensor, n_users: int, n_items: int) -> Tensor:
@@ -127,8 +128,10 @@ def jaccard_topk(users: Tensor, items: Tensor, n_items: int, k: int) -> tuple[Te
     """
     pairs = torch.unique(torch.stack([users, items - 1]), dim=1)
     n_u = int(users.max().item()) + 1 if users.numel() else 1
-    a = torch.sparse_coo_tensor(pairs, torch.ones(pairs.shape[1]), (n_u, n_items)).coalesce()
-    inter = torch.sparse.mm(a.t().coalesce(), a).coalesce()
+    a = torch.sparse_coo_tensor(pairs, torch.ones(pairs.shape[1]), (n_u, n_items), check_invariants=False).coalesce()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": used internally by sparse @ sparse
+        warnings.simplefilter("ignore", UserWarning)
+        inter = torch.sparse.mm(a.t().coalesce(), a).coalesce()
     r, c = inter.indices()
     v = inter.values()
     deg = torch.zeros(n_items).index_add_(0, pairs[1], torch.ones(pairs.shape[1]))
