@@ -116,3 +116,13 @@ def test_evaluate_multi_masks_training_items_and_counts_ties_against_the_model()
     assert r == {3: 2, 5: 3}
     assert res.tied.tolist() == [1, 0]
     assert res.metrics["Recall@2"] == 0.0 and res.protocol == "full" and res.exclude_history
+
+
+def test_paired_test_per_user_on_multi_target_ranks():
+    from mmseqrec.evaluate.significance import paired_test
+
+    a = pl.DataFrame({"user": [1, 1, 2, 3], "target": [5, 6, 7, 8], "rank": [0, 30, 40, 50]})
+    b = pl.DataFrame({"user": [1, 1, 2, 3], "target": [5, 6, 7, 8], "rank": [0, 1, 0, 3]})
+    r = paired_test(a, b, "Recall@10", per_user=True)
+    assert r["n"] == 3  # the user is the unit, not the target
+    assert r["mean_a"] == pytest.approx(0.5 / 3) and r["mean_b"] == pytest.approx(1.0)
