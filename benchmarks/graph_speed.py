@@ -68,14 +68,13 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = TripleBatches(split.train, p["items"], args.batch, dev)
     t0 = time.perf_counter()
-    n_pairs = n_b = 0
-    for users, pos, neg in batches.epoch(0, 0):
+    n_pairs = 0
+    for n_b, (users, pos, neg) in enumerate(batches.epoch(0, 0), 1):
         loss, _ = model.loss(users, pos, neg)
         opt.zero_grad()
         loss.backward()
         opt.step()
         n_pairs += int(users.numel())
-        n_b += 1
         if args.max_batches and n_b >= args.max_batches:
             break
     if dev.type == "cuda":

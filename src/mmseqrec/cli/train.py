@@ -137,9 +137,8 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     ) -> None:
         """Print the top-K items with scores for a history of original item ids."""
-        from ..serve.recommend import recommend
-
         from ..serve.general import GeneralRecommender, is_general_run
+        from ..serve.recommend import recommend
 
         items = [h.strip() for h in history.split(",") if h.strip()]
         if is_general_run(run):

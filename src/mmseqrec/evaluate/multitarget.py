@@ -140,7 +140,7 @@ def evaluate_multi(score_fn: UserScoreFn, targets, mask, n_items: int, ks: tuple
             out_t.append(titems)
             out_r.append((greater + tied).cpu().numpy())
             out_tied.append(tied.cpu().numpy())
-    cat = (lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64))  # noqa: E731
+    cat = (lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64))
     u, t, r, tied = cat(out_u), cat(out_t), cat(out_r), cat(out_tied)
     return RankingResult(protocol="full", exclude_history=True, ks=ks, metrics=multi_metrics(u, r, ks),
                          ranks=r, users=u, targets=t, tied=tied)

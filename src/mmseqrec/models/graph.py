@@ -37,16 +37,16 @@ from torch import Tensor, nn
 from ..config import Config
 
 __all__ = [
-    "BPRConfig",
     "BPRMF",
     "FREEDOM",
+    "VBPR",
+    "BPRConfig",
     "FreedomConfig",
     "GeneralModel",
     "LightGCN",
     "LightGCNConfig",
     "MLLMRec",
     "MLLMRecConfig",
-    "VBPR",
     "VBPRConfig",
     "bipartite_adjacency",
     "bpr_loss",

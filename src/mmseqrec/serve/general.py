@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .recommend import RecommendResult
+from .recommend import RecommendResult, item_tables
 
 __all__ = ["GeneralRecommender", "is_general_run"]
 
@@ -41,11 +40,7 @@ class GeneralRecommender:
 
         self.run = load_general_run(run_dir, device=device, data_dir=data_dir)
         ds = self.run.dataset
-        self.index = ds.item_index()
-        self.ids = ds.item_ids()
-        items = ds.items.sort("item")
-        titles = ["" if t is None else str(t) for t in items["title"].to_list()] if "title" in items.columns else []
-        self.titles = np.asarray([""] + titles if titles else [""] * self.ids.size, dtype=object)
+        self.index, self.ids, self.titles = item_tables(ds)
         users = ds.users
         self.user_index = ({} if users is None else
                            dict(zip(users["user_id"].cast(str).to_list(), users["user"].to_list(), strict=True)))

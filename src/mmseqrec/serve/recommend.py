@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["RecommendResult", "Recommender", "recommend"]
+__all__ = ["RecommendResult", "Recommender", "item_tables", "recommend"]
 
 
 @dataclass
@@ -24,6 +24,14 @@ class RecommendResult:
     history: list[str] = field(default_factory=list)
 
 
+def item_tables(ds) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """``(original id -> internal id, internal id -> original id, internal id -> title)`` of a dataset."""
+    ids = ds.item_ids()
+    items = ds.items.sort("item")
+    titles = ["" if t is None else str(t) for t in items["title"].to_list()] if "title" in items.columns else []
+    return ds.item_index(), ids, np.asarray([""] + titles if titles else [""] * ids.size, dtype=object)
+
+
 class Recommender:
     """A loaded run that answers many queries (loads the checkpoint and the item table once)."""
 
@@ -31,12 +39,7 @@ class Recommender:
         from ..train.run import load_run
 
         self.run = load_run(run_dir, device=device, data_dir=data_dir)
-        ds = self.run.dataset
-        self.index = ds.item_index()
-        self.ids = ds.item_ids()
-        items = ds.items.sort("item")
-        titles = ["" if t is None else str(t) for t in items["title"].to_list()] if "title" in items.columns else []
-        self.titles = np.asarray([""] + titles if titles else [""] * self.ids.size, dtype=object)
+        self.index, self.ids, self.titles = item_tables(self.run.dataset)
         self.max_len = int(self.run.config.train.max_len)
 
     def __call__(self, history: list[str], k: int = 10, exclude_seen: bool = True) -> RecommendResult:

@@ -1,8 +1,8 @@
-"""Training loop for general (non-sequential) models: BPR triples over a multi-target split.
+"""General (non-sequential) models in the one trainer: BPR triples over a multi-target split.
 
-Same run directory contract as :mod:`.trainer` (``config.yaml``, ``model.safetensors``, ``last.safetensors`` +
-``optim.safetensors`` + ``state.json``, ``log.jsonl``, ``metrics.json`` with protocol + valid + test,
-``ranks.parquet`` with one row per test target), same early stopping on a *validation* metric (default
+:class:`GeneralTrainer` is the :class:`~.trainer.Trainer` (same ``fit`` loop and run directory contract:
+``config.yaml``, ``model.safetensors``, ``last.safetensors`` + ``optim.safetensors`` + ``state.json``, ``log.jsonl``, ``metrics.json`` with protocol + valid + test,
+``ranks.parquet`` with one row per test target); same early stopping on a *validation* metric (default
 ``Recall@20``), same seeding rules. What differs is the data: the split is ``data.split`` (see
 :mod:`mmseqrec.data.general_split`), an epoch is every training (user, item) pair once in a seeded shuffled
 order, each with one negative drawn uniformly from the items the user has no training interaction with
@@ -12,7 +12,6 @@ order, each with one negative drawn uniformly from the items the user has no tra
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -23,19 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import dump_config
 from ..data.dataset import DatasetDir
 from ..data.general_split import GeneralSplit, UserItems, general_split
 from ..embed.store import load_embedding
 from ..errors import InputError
 from ..evaluate.evaluator import RankingResult
 from ..evaluate.multitarget import evaluate_multi
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json
 from ..models.graph import GeneralModel
 from ..registry import model_spec
-from .checkpoint import load_model, load_optimizer, save_model, save_optimizer
+from .checkpoint import load_model, save_model
 from .config import ExperimentConfig, load_experiment
-from .run import BEST, CONFIG, LAST, LOG, METRICS, OPTIM, RANKS, STATE, resolve_device
+from .run import BEST, CONFIG, METRICS, RANKS, resolve_device
+from .trainer import Trainer
 
 __all__ = ["GeneralRun", "GeneralTrainer", "TripleBatches", "build_general_model", "evaluate_general",
            "is_general", "load_general_run", "load_general_tensors"]
@@ -58,7 +57,7 @@ class TripleBatches:
             raise InputError("a user has interacted with every item; no negative can be drawn", field="data")
 
     def __len__(self) -> int:
-        return -(-self.users.size // self.batch_size)
+        return (int(self.users.size) + self.batch_size - 1) // self.batch_size
 
     def negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One item per user, uniform over the items without a training interaction with that user."""
@@ -122,17 +121,16 @@ def evaluate_general(model: GeneralModel, split: GeneralSplit, part: str, ks: li
         model.train(was)
 
 
-class GeneralTrainer:
-    """Trains a general model ``cfg`` into ``run_dir`` (see the module docstring)."""
+class GeneralTrainer(Trainer):
+    """The one trainer (:class:`~.trainer.Trainer`: epochs, early stopping, checkpoints, resume, log) with
+    general-model data: BPR triples, a multi-target split and :func:`evaluate_general`."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False) -> None:
-        from .trainer import Trainer
-
         if cfg.data.path is None:
             raise InputError("no dataset directory given", field="data.path")
         self.cfg, self.run, self.resume = cfg, Path(run_dir), resume
-        Trainer._check_run_dir(self, overwrite)  # type: ignore[arg-type]  # the same run-dir rules
+        self._check_run_dir(overwrite)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.device = resolve_device(cfg.train.device)
@@ -146,7 +144,8 @@ class GeneralTrainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.n_params = int(sum(p.numel() for p in params))
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
+    def train_epoch(self, epoch: int, progress=None) -> dict[str, Any]:
+        """Every training pair once (seeded order, one negative each); mean loss parts, pairs/s, seconds."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         self.model.train()
@@ -154,6 +153,7 @@ class GeneralTrainer:
         self.model.on_epoch_start(gen)
         sums: dict[str, float] = {}
         n_batches = n_targets = 0
+        task = progress.add_task(f"epoch {epoch + 1}", total=len(self.batches), info="") if progress else None
         t0 = time.perf_counter()
         for users, pos, neg in self.batches.epoch(cfg.seed, epoch):
             total, parts = self.model.loss(users, pos, neg)
@@ -166,67 +166,23 @@ class GeneralTrainer:
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_batches += 1
             n_targets += int(users.numel())
+            if task is not None:
+                progress.update(task, advance=1)
         seconds = time.perf_counter() - t0
+        if task is not None:
+            progress.remove_task(task)
         losses = {k: v / max(n_batches, 1) for k, v in sums.items()}
         if any(not math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}: {losses}")
         return {"loss": losses, "targets": n_targets, "targets_per_s": n_targets / max(seconds, 1e-9),
                 "seconds": seconds}
 
-    def _evaluate(self, part: str) -> RankingResult:
-        return evaluate_general(self.model, self.split, part, self.cfg.eval.ks, self.device,
-                                self.cfg.eval.batch_size)
+    def has_valid(self) -> bool:
+        return len(self.split.valid) > 0
 
-    def fit(self) -> dict[str, Any]:
-        """Train with early stopping on valid, then score test with the best checkpoint; returns metrics."""
-        cfg, run = self.cfg, self.run
-        state: dict[str, Any] = {"epoch": 0, "best_metric": None, "best_epoch": 0, "bad_evals": 0,
-                                 "best_valid": {}, "stopped": False}
-        log_lines: list[str] = []
-        if self.resume:
-            state.update(json.loads((run / STATE).read_text()))
-            load_model(run / LAST, self.model, self.device)
-            load_optimizer(run / OPTIM, self.optimizer)
-            if (run / LOG).exists():
-                log_lines = [ln for ln in (run / LOG).read_text().splitlines()
-                             if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
-        atomic_write_text(run / CONFIG, dump_config(cfg))
-        metric = cfg.train.select_metric
-        has_valid = len(self.split.valid) > 0
-        epoch = int(state["epoch"])
-        while epoch < cfg.train.epochs and not state["stopped"]:
-            row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
-            epoch += 1
-            if has_valid and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
-                t0 = time.perf_counter()
-                res = self._evaluate("valid")
-                row["valid"], row["eval_seconds"] = res.metrics, time.perf_counter() - t0
-                if metric not in res.metrics:
-                    raise InputError(f"select_metric {metric!r} not computed (have {', '.join(res.metrics)})",
-                                     field="train.select_metric")
-                value = float(res.metrics[metric])
-                if state["best_metric"] is None or value > state["best_metric"]:
-                    state.update(best_metric=value, best_epoch=epoch, bad_evals=0, best_valid=res.metrics)
-                    save_model(run / BEST, self.model, {"epoch": str(epoch)})
-                else:
-                    state["bad_evals"] += 1
-                    if cfg.train.patience and state["bad_evals"] >= cfg.train.patience:
-                        state["stopped"] = True
-            elif not has_valid:
-                state["best_epoch"] = epoch
-                save_model(run / BEST, self.model, {"epoch": str(epoch)})
-            state["epoch"] = epoch
-            save_model(run / LAST, self.model, {"epoch": str(epoch)})
-            save_optimizer(run / OPTIM, self.optimizer)
-            atomic_write_json(run / STATE, state)
-            log_lines.append(json.dumps(row))
-            atomic_write_text(run / LOG, "\n".join(log_lines) + "\n")
-            if cfg.train.progress:
-                v = row.get("valid", {}).get(metric)
-                print(f"epoch {epoch}: loss {row['loss']['loss']:.4f}"
-                      + (f", valid {metric} {v:.4f}" if v is not None else "")
-                      + f", {row['targets_per_s']:.0f} pairs/s", flush=True)
-        return self.finish(state)
+    def evaluate_valid(self) -> RankingResult:
+        return evaluate_general(self.model, self.split, "valid", self.cfg.eval.ks, self.device,
+                                self.cfg.eval.batch_size)
 
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         """Score test with the best checkpoint; write ranks.parquet then metrics.json."""
@@ -234,7 +190,7 @@ class GeneralTrainer:
         if not (run / BEST).exists():
             save_model(run / BEST, self.model, {"epoch": str(state["epoch"])})
         load_model(run / BEST, self.model, self.device)
-        res = self._evaluate("test")
+        res = evaluate_general(self.model, self.split, "test", cfg.eval.ks, self.device, cfg.eval.batch_size)
         res.save_ranks(run / RANKS)
         metrics = {
             **res.setting(), "split": self.split.spec, "targets": "multi", "masked": "train",

@@ -232,7 +232,7 @@ class Trainer:
                              if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
         atomic_write_text(run / CONFIG, dump_config(cfg))
         metric = cfg.train.select_metric
-        has_valid = len(self.split.valid) > 0
+        has_valid = self.has_valid()
         with _progress(cfg.train.progress) as progress:
             epoch = int(state["epoch"])
             while epoch < cfg.train.epochs and not state["stopped"]:
@@ -240,8 +240,7 @@ class Trainer:
                 epoch += 1
                 if has_valid and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
                     t0 = time.perf_counter()
-                    res = evaluate_model(self.model, self.split.valid, self.split, cfg, self.device,
-                                         popularity=self.popularity)
+                    res = self.evaluate_valid()
                     row["valid"] = res.metrics
                     row["eval_seconds"] = time.perf_counter() - t0
                     if metric not in res.metrics:
@@ -271,6 +270,15 @@ class Trainer:
                         + (f", valid {metric} {v:.4f}" if v is not None else "")
                         + f", {row['targets_per_s']:.0f} targets/s")
         return self.finish(state)
+
+    def has_valid(self) -> bool:
+        """Whether there are validation cases (otherwise the last epoch is the best)."""
+        return len(self.split.valid) > 0
+
+    def evaluate_valid(self):
+        """Validation ranking under the run's protocol (the metric dict selects the best checkpoint)."""
+        return evaluate_model(self.model, self.split.valid, self.split, self.cfg, self.device,
+                              popularity=self.popularity)
 
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         """Score test with the best checkpoint; write metrics.json and ranks.parquet."""
