@@ -126,3 +126,16 @@ def test_paired_test_per_user_on_multi_target_ranks():
     r = paired_test(a, b, "Recall@10", per_user=True)
     assert r["n"] == 3  # the user is the unit, not the target
     assert r["mean_a"] == pytest.approx(0.5 / 3) and r["mean_b"] == pytest.approx(1.0)
+
+
+def test_x_label_of_a_recbole_inter_file_reaches_the_split(tmp_path):
+    from mmseqrec.data.build import prepare
+
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "baby.inter").write_text(
+        "userID:token\titemID:token\trating:float\ttimestamp:float\tx_label:token\n"
+        "1\t10\t5\t1\t0\n1\t11\t5\t2\t0\n1\t12\t5\t3\t2\n2\t10\t4\t1\t0\n2\t12\t4\t2\t1\n")
+    ds = prepare("recbole", [tmp_path / "raw"], tmp_path / "out", user_col="userID", item_col="itemID")
+    assert "x_label" in ds.interactions.columns
+    sp = general_split(ds.interactions, ds.n_users, ds.n_items, "x_label")
+    assert len(sp.train) == 3 and len(sp.valid) == 1 and len(sp.test) == 1

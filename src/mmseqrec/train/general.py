@@ -194,6 +194,7 @@ class GeneralTrainer(Trainer):
         res.save_ranks(run / RANKS)
         metrics = {
             **res.setting(), "split": self.split.spec, "targets": "multi", "masked": "train",
+            **({"profile_source": cfg.model.profile_source} if hasattr(cfg.model, "profile_source") else {}),
             "seed": cfg.seed, "n_params": self.n_params, "best_epoch": int(state["best_epoch"]),
             "epochs_run": int(state["epoch"]), "valid": state.get("best_valid", {}), "test": res.metrics,
         }
