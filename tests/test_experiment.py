@@ -47,11 +47,16 @@ def grid_file(tmp_path_factory):
     return path
 
 
-def test_grid_runs_resumes_and_reports(grid_file, tmp_path):
+def test_grid_runs_resumes_and_reports(grid_file, tmp_path, capsys):
     torch.set_num_threads(1)
     grid = load_grid(grid_file)
     out = tmp_path / "out"
     runs = run_grid(grid, out, progress=False)
+    # without progress bars there is still one line per run with its result, and one per re-scored protocol
+    err = capsys.readouterr().err
+    done = [line for line in err.splitlines() if ": test HR@5 " in line and "best epoch" in line]
+    assert len(done) == 6 and all(line.rstrip().endswith(" s") for line in done)
+    assert "[6/6] cycle / ID-small / gru4rec / seed 2: sampled:5: test HR@5 " in err and "6 run(s) in " in err
     # 2 backbones x 2 seeds for the baseline, 1 backbone x 2 seeds for the restricted variant
     assert len(runs) == 6
     for r in runs:
@@ -197,3 +202,50 @@ def test_validation_only_grid_prints_no_test_metrics(grid_file, tmp_path, capsys
     csv = pl.read_csv(paths["csv"])
     assert not any(c.startswith("p_") for c in csv.columns)
     assert "| ID-small |" in paths["markdown"].read_text()
+
+
+def test_grid_dataset_paths_are_absolute_and_checked(tmp_path, monkeypatch, capsys):
+    """Relative dataset paths: the working directory first, then the YAML's folder; errors and dry runs show
+    absolute paths, and a dry run checks that each dataset is prepared and each embedding store exists."""
+    from helpers import write_cycle_dataset
+
+    from mmseqrec.cli import main
+    from mmseqrec.errors import InputError
+
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    write_cycle_dataset(cfg_dir / "data" / "cycle", n_users=10, n_items=8, seq_len=5)
+    grid_path = cfg_dir / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"datasets": {"cycle": "data/cycle"}, "seeds": [1]}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    grid = load_grid(grid_path)
+    assert grid.datasets == {"cycle": str((cfg_dir / "data" / "cycle").resolve())}
+    runs = run_grid(grid, tmp_path / "out", dry_run=True)
+    assert len(runs) == 1 and not (tmp_path / "out").exists()
+    assert f"dataset cycle: {(cfg_dir / 'data' / 'cycle').resolve()} (prepared)" in " ".join(
+        capsys.readouterr().err.split())
+
+    grid_path.write_text(yaml.safe_dump({"datasets": {"gone": "data/nope"}}))
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", str(grid_path), "--dry-run", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"field 'datasets.gone': dataset directory not found (looked at {elsewhere.resolve()}/data/nope and " \
+           f"{cfg_dir.resolve()}/data/nope)" in err
+
+    (cfg_dir / "data" / "empty").mkdir()
+    grid_path.write_text(yaml.safe_dump({"datasets": {"e": "data/empty"}}))
+    with pytest.raises(InputError, match=r"/data/empty is not a prepared dataset directory \(missing "
+                                         r"interactions.parquet, items.parquet, manifest.json\)"):
+        run_grid(load_grid(grid_path), tmp_path / "out", dry_run=True)
+
+    grid_path.write_text(yaml.safe_dump({"datasets": {"cycle": "data/cycle"}, "variants": {
+        "ID": {"item_encoder": {"name": "id"}},
+        "text": {"item_encoder": {"name": "content", "embedding": "text-minilm"}}}}))
+    with pytest.raises(InputError, match=r"variant 'text' needs the embedding store\(s\) text-minilm in "):
+        run_grid(load_grid(grid_path), tmp_path / "out", dry_run=True)
+    grid_path.write_text(yaml.safe_dump({"datasets": {"cycle": "data/cycle"}, "base": {"train": {"lr": "x"}}}))
+    with pytest.raises(InputError, match="train.lr"):  # a bad run config fails in the dry run, not hours later
+        run_grid(load_grid(grid_path), tmp_path / "out", dry_run=True)

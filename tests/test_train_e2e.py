@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+import yaml
 from helpers import write_cycle_dataset
 
 from mmseqrec.cli import main
@@ -150,8 +151,29 @@ def test_cli_train_evaluate_recommend(data_dir, tmp_path, capsys):
     assert rec["unknown"] == ["nope"] and len(rec["items"]) == 3
     assert rec["items"][0]["item_id"] == "i9" and rec["items"][0]["title"] == "Item 9"
     assert all(i["item_id"] not in {"i3", "i5", "i7"} for i in rec["items"])
-    assert 0 == _cli(["recommend", str(run), "--history", "zzz"])
-    assert "zzz" in capsys.readouterr().out
+    # no usable history: a clear error naming the ids, or popularity when asked for (and labelled)
+    assert 2 == _cli(["recommend", str(run), "--history", "zzz"])
+    err = capsys.readouterr().err
+    assert "none of the 1 history id(s) is in the catalogue (zzz)" in err and "--cold popularity" in err
+    assert 2 == _cli(["recommend", str(run)])
+    assert "no history given" in capsys.readouterr().err
+    assert 2 == _cli(["recommend", str(run), "--history", " , "])
+    assert "no history given" in capsys.readouterr().err
+    assert 0 == _cli(["recommend", str(run), "--history", "zzz", "--cold", "popularity", "-k", "2", "--json"])
+    pop = json.loads(capsys.readouterr().out)
+    inter = pl.read_parquet(data_dir / "interactions.parquet")
+    train_part = inter.filter(pl.int_range(pl.len()).over("user") < SEQ_LEN - 2)  # leave-one-out training prefixes
+    counts = np.bincount(train_part["item"].to_numpy())
+    best = np.argsort(-counts, kind="stable")[:2]
+    assert pop["source"] == "popularity" and pop["unknown"] == ["zzz"]
+    assert [i["score"] for i in pop["items"]] == counts[best].astype(float).tolist()
+    assert 0 == _cli(["recommend", str(run), "--cold", "popularity", "-k", "2"])
+    assert "POPULARITY" in capsys.readouterr().out
+    for bad in ("-5", "0"):
+        assert 2 == _cli(["recommend", str(run), "--history", "i3", "-k", bad])
+        assert "k must be at least 1" in capsys.readouterr().err
+    assert 2 == _cli(["recommend", str(run), "--history", "i3", "--cold", "random"])
+    assert "unknown cold-start policy" in capsys.readouterr().err
     # user errors: one line, exit code 2
     assert 2 == _cli(["train", "--data", str(data_dir), "--model", "transformer", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
@@ -233,3 +255,12 @@ def test_defaults_resolve_to_sasrec_with_id_table():
     assert isinstance(cfg.model, SASRecConfig) and isinstance(cfg.item_encoder, IdEmbeddingConfig)
     assert cfg.model.max_len == 30 and cfg.model.causal and cfg.objective.name == "bce"
     assert cfg.eval.protocol == "full" and cfg.eval.ks == [5, 10, 20] and cfg.train.select_metric == "NDCG@10"
+
+
+def test_cli_train_epochs_and_device_flags(data_dir, tmp_path):
+    run = tmp_path / "flags"
+    assert 0 == _cli(["train", "--data", str(data_dir), "--model", "gru4rec", "--out", str(run), "--epochs", "2",
+                      "--device", "cpu", "--set", "train.progress=false", "--set", "train.batch_size=64"])
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["train"]["epochs"] == 2 and cfg["train"]["device"] == "cpu"
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2

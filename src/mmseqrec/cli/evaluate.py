@@ -121,8 +121,12 @@ def register(app: typer.Typer) -> None:
 
         if not (run / "ranks.parquet").exists() or not (run / "config.yaml").exists():
             raise InputError("not a trained run directory (needs ranks.parquet and config.yaml)", file=run)
+        from ..train.run import check_data
+
         cfg = load_experiment(run / "config.yaml")
-        split = leave_one_out(DatasetDir(cfg.data.path).sequences, cfg.data.min_len)
+        ds = DatasetDir(cfg.data.path)
+        check_data(run, ds)  # the dataset at the recorded path may have been re-prepared since
+        split = leave_one_out(ds.sequences, cfg.data.min_len)
         if popularity not in ("train", "all"):
             raise InputError(f"--popularity must be train or all, got {popularity!r}", field="--popularity")
         lt = LongTailConfig.preset(preset, popularity=popularity)  # type: ignore[arg-type]

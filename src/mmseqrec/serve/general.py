@@ -35,10 +35,11 @@ def is_general_run(run_dir: str | Path) -> bool:
 class GeneralRecommender:
     """A loaded general run answering many queries (item table computed once)."""
 
-    def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None) -> None:
+    def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None,
+                 force: bool = False) -> None:
         from ..train.general import load_general_run
 
-        self.run = load_general_run(run_dir, device=device, data_dir=data_dir)
+        self.run = load_general_run(run_dir, device=device, data_dir=data_dir, force=force)
         ds = self.run.dataset
         self.index, self.ids, self.titles = item_tables(ds)
         users = ds.users

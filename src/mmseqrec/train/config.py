@@ -8,7 +8,7 @@ lists for their ``name``, so a typo in an option is an error naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
@@ -29,7 +29,7 @@ class DataConfig(Config):
     """
 
     path: str | None = None
-    min_len: int = 3
+    min_len: int = Field(3, ge=2)  # leave-one-out needs a valid and a test item
     split: str | None = None
 
 
@@ -53,18 +53,18 @@ class TrainConfig(Config):
     progress : show rich progress bars.
     """
 
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    max_len: int | None = None
-    grad_clip: float = 5.0
-    patience: int = 20
-    eval_every: int = 1
+    epochs: int = Field(200, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_len: int | None = Field(None, ge=1)
+    grad_clip: float = Field(5.0, ge=0)
+    patience: int = Field(20, ge=0)
+    eval_every: int = Field(1, ge=1)
     select_metric: str = "NDCG@10"
     device: str = "auto"
     bf16: bool = True
-    num_threads: int | None = None
+    num_threads: int | None = Field(None, ge=1)
     trim: bool = True
     compile: bool = False
     progress: bool = True
@@ -80,9 +80,9 @@ class EvalConfig(Config):
     """
 
     protocol: str = "full"
-    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
     exclude_history: bool = False
-    batch_size: int = 512
+    batch_size: int = Field(512, ge=1)
 
 
 def _typed_section(v: Any, spec: Any, default: str) -> Any:
@@ -104,7 +104,7 @@ class ExperimentConfig(Config):
     regularizers: list[SerializeAsAny[Config]] = Field(default_factory=list)
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    seed: int = 42
+    seed: int = Field(42, ge=0)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -125,6 +125,19 @@ class ExperimentConfig(Config):
             raise ValueError("regularizers must be a list of {name: ..., ...} sections")  # noqa: TRY004 (pydantic)
         return [regularizer_spec(str(r.get("name"))).config_cls.model_validate(r) if isinstance(r, dict) else r
                 for r in v]
+
+    @model_validator(mode="after")
+    def _metric(self) -> ExperimentConfig:
+        if getattr(model_spec(self.model.name), "general", False):
+            return self  # checked by _resolve_general, after the general defaults
+        metric = self.train.select_metric
+        known = {f"{n}@{k}" for n in ("HR", "NDCG", "MRR") for k in self.eval.ks}
+        if self.eval.protocol.strip() != "full":
+            known |= {"AUC", "AUC_global"}
+        if metric not in known:
+            raise ValueError(f"train.select_metric {metric!r} is not computed under eval.protocol="
+                             f"{self.eval.protocol!r} and eval.ks={self.eval.ks}; choose one of {', '.join(sorted(known))}")
+        return self
 
     @model_validator(mode="after")
     def _resolve(self) -> ExperimentConfig:
@@ -160,6 +173,12 @@ class ExperimentConfig(Config):
             self.eval.ks = [10, 20]
         if "exclude_history" not in self.eval.model_fields_set:
             self.eval.exclude_history = True
+        from ..evaluate.multitarget import multi_metric_names
+
+        known = multi_metric_names(self.eval.ks)
+        if self.train.select_metric not in known:
+            raise ValueError(f"train.select_metric {self.train.select_metric!r} is not computed for general models "
+                             f"with eval.ks={self.eval.ks}; choose one of {', '.join(known)}")
         if self.train.max_len is None:
             self.train.max_len = 200
         return self

@@ -33,7 +33,7 @@ from ..models.graph import GeneralModel
 from ..registry import model_spec
 from .checkpoint import load_model, save_model
 from .config import ExperimentConfig, load_experiment
-from .run import BEST, CONFIG, METRICS, RANKS, resolve_device
+from .run import BEST, CONFIG, METRICS, RANKS, check_data, resolve_device
 from .trainer import Trainer
 
 __all__ = ["GeneralRun", "GeneralTrainer", "TripleBatches", "build_general_model", "evaluate_general",
@@ -143,6 +143,7 @@ class GeneralTrainer(Trainer):
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.n_params = int(sum(p.numel() for p in params))
+        self._make_run_dir()
 
     def train_epoch(self, epoch: int, progress=None) -> dict[str, Any]:
         """Every training pair once (seeded order, one negative each); mean loss parts, pairs/s, seconds."""
@@ -197,6 +198,7 @@ class GeneralTrainer(Trainer):
             **({"profile_source": cfg.model.profile_source} if hasattr(cfg.model, "profile_source") else {}),
             "seed": cfg.seed, "n_params": self.n_params, "best_epoch": int(state["best_epoch"]),
             "epochs_run": int(state["epoch"]), "valid": state.get("best_valid", {}), "test": res.metrics,
+            "data": {"path": str(self.ds.path), **self.ds.identity},
         }
         atomic_write_json(run / METRICS, metrics)
         return metrics
@@ -214,9 +216,10 @@ class GeneralRun:
     device: torch.device
 
 
-def load_general_run(run_dir: str | Path, device: str | None = None, data_dir: str | Path | None = None
-                     ) -> GeneralRun:
-    """Load ``RUN/config.yaml`` + the best checkpoint of a general model run."""
+def load_general_run(run_dir: str | Path, device: str | None = None, data_dir: str | Path | None = None,
+                     force: bool = False) -> GeneralRun:
+    """Load ``RUN/config.yaml`` + the best checkpoint of a general model run (``data_dir`` must be the run's
+    dataset unless ``force``, see :func:`~.run.check_data`)."""
     run = Path(run_dir)
     if not (run / CONFIG).exists():
         raise InputError("not a run directory (no config.yaml); run `mmseqrec train` first", file=run)
@@ -225,6 +228,7 @@ def load_general_run(run_dir: str | Path, device: str | None = None, data_dir: s
     if data is None:
         raise InputError("the run records no dataset path; pass --data", file=run / CONFIG, field="data.path")
     ds = DatasetDir(data)
+    check_data(run, ds, force=force)
     split = general_split(ds.interactions, ds.n_users, ds.n_items, str(cfg.data.split))
     dev = resolve_device(device or cfg.train.device)
     model = build_general_model(cfg, split, load_general_tensors(cfg, data, ds.n_users, ds.n_items))

@@ -30,7 +30,14 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..models.sequence import SequenceModel
 from ..registry import regularizer_spec
 from .batching import TrainBatches
-from .checkpoint import load_model, load_optimizer, save_model, save_optimizer
+from .checkpoint import (
+    load_model,
+    load_optimizer,
+    read_checkpoint,
+    save_model,
+    save_optimizer,
+    write_checkpoint,
+)
 from .config import ExperimentConfig, load_experiment
 from .run import (
     BEST,
@@ -42,6 +49,7 @@ from .run import (
     RANKS,
     STATE,
     build_model,
+    is_run_file,
     item_popularity,
     load_tensors,
     resolve_device,
@@ -153,6 +161,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.n_params = int(sum(p.numel() for p in params))
         self._loss = torch.compile(self.model.loss) if cfg.train.compile else self.model.loss
+        self._make_run_dir()
 
     # ------------------------------------------------------------------ run dir
     def _check_run_dir(self, overwrite: bool) -> None:
@@ -169,9 +178,20 @@ class Trainer:
         elif exists:
             if not overwrite:
                 raise InputError("run directory exists and is not empty (use --resume or --overwrite)", file=run)
-            for name in (CONFIG, BEST, LAST, OPTIM, STATE, LOG, METRICS, RANKS):
-                (run / name).unlink(missing_ok=True)
-        run.mkdir(parents=True, exist_ok=True)
+            foreign = [p.name for p in sorted(run.iterdir()) if not is_run_file(p)]
+            if foreign:
+                raise InputError(f"--overwrite removes a previous run, but this directory holds {foreign[0]!r}, "
+                                 "which `mmseqrec train` did not write: move it away or pick another --out", file=run)
+        self._old_files = [p for p in run.iterdir() if is_run_file(p)] if exists and not self.resume else []
+
+    def _make_run_dir(self) -> None:
+        """Called once the config, data and model are known to be good: remove every file of the run being
+        overwritten (checkpoints, logs, metrics, eval-*.json, ranks-*.parquet), then create the directory."""
+        import shutil
+
+        for p in self._old_files:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        self.run.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ epochs
     def _autocast(self):
@@ -224,12 +244,17 @@ class Trainer:
                  "stopped": False}
         log_lines: list[str] = []
         if self.resume:
-            state.update(json.loads((run / STATE).read_text()))
+            state.update(read_checkpoint(run, STATE))
+            recorded = (state.get("data") or {}).get("sha256")
+            if recorded and recorded != self.ds.identity["sha256"]:
+                raise InputError(f"this run was trained on another dataset (sha256 {recorded[:12]}, this one "
+                                 f"{self.ds.identity['sha256'][:12]}); cannot resume on it", file=self.ds.path)
             load_model(run / LAST, self.model, self.device)
             load_optimizer(run / OPTIM, self.optimizer)
             if (run / LOG).exists():
                 log_lines = [ln for ln in (run / LOG).read_text().splitlines()
                              if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
+        state["data"] = {"path": str(self.ds.path), **self.ds.identity}
         atomic_write_text(run / CONFIG, dump_config(cfg))
         metric = cfg.train.select_metric
         has_valid = self.has_valid()
@@ -238,6 +263,7 @@ class Trainer:
             while epoch < cfg.train.epochs and not state["stopped"]:
                 row = {"epoch": epoch + 1, **self.train_epoch(epoch, progress)}
                 epoch += 1
+                best = False
                 if has_valid and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
                     t0 = time.perf_counter()
                     res = self.evaluate_valid()
@@ -249,18 +275,16 @@ class Trainer:
                     value = float(res.metrics[metric])
                     if state["best_metric"] is None or value > state["best_metric"]:
                         state.update(best_metric=value, best_epoch=epoch, bad_evals=0, best_valid=res.metrics)
-                        save_model(run / BEST, self.model, {"epoch": str(epoch)})
+                        best = True
                     else:
                         state["bad_evals"] += 1
                         if cfg.train.patience and state["bad_evals"] >= cfg.train.patience:
                             state["stopped"] = True
                 elif not has_valid:
                     state.update(best_epoch=epoch)
-                    save_model(run / BEST, self.model, {"epoch": str(epoch)})
+                    best = True
                 state["epoch"] = epoch
-                save_model(run / LAST, self.model, {"epoch": str(epoch)})
-                save_optimizer(run / OPTIM, self.optimizer)
-                atomic_write_json(run / STATE, state)
+                self._save_checkpoint(state, epoch, best)
                 log_lines.append(json.dumps(row))
                 atomic_write_text(run / LOG, "\n".join(log_lines) + "\n")
                 if progress.disable is False:
@@ -280,6 +304,14 @@ class Trainer:
         return evaluate_model(self.model, self.split.valid, self.split, self.cfg, self.device,
                               popularity=self.popularity)
 
+    def _save_checkpoint(self, state: dict[str, Any], epoch: int, best: bool) -> None:
+        """last + optimiser (+ best) + state.json as one unit (:func:`~.checkpoint.write_checkpoint`)."""
+        meta = {"epoch": str(epoch)}
+        writers = {LAST: lambda p: save_model(p, self.model, meta), OPTIM: lambda p: save_optimizer(p, self.optimizer)}
+        if best:
+            writers[BEST] = lambda p: save_model(p, self.model, meta)
+        write_checkpoint(self.run, writers, state, STATE)
+
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         """Score test with the best checkpoint; write metrics.json and ranks.parquet."""
         cfg, run = self.cfg, self.run
@@ -292,6 +324,7 @@ class Trainer:
             **res.setting(), "seed": cfg.seed,
             "n_params": self.n_params, "best_epoch": int(state["best_epoch"]), "epochs_run": int(state["epoch"]),
             "valid": state.get("best_valid", {}), "test": res.metrics,
+            "data": {"path": str(self.ds.path), **self.ds.identity},
         }
         atomic_write_json(run / METRICS, metrics)
         return metrics
