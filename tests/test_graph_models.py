@@ -250,3 +250,19 @@ def test_trained_split_masks_only_training_items_at_test():
     scores = torch.tensor([[0.0, 5.0, 4.0, 1.0]])  # item 2 (a validation item, say) outranks the target
     res = evaluate_multi(lambda u: scores, test, train, 3, [1])
     assert res.ranks.tolist() == [1]
+
+
+def test_general_resume_continues_like_an_uninterrupted_run(cluster_dir, tmp_path):
+    from mmseqrec.cli.train import build_experiment
+    from mmseqrec.train.general import GeneralTrainer
+
+    sets = ["train.lr=0.01", "train.progress=false", "train.device=cpu", "train.batch_size=256",
+            "train.patience=0"]
+    full = GeneralTrainer(build_experiment(None, cluster_dir, "freedom", None, 3,
+                                           ["train.epochs=4", "model.embeddings=[feat]", *sets]), tmp_path / "a").fit()
+    GeneralTrainer(build_experiment(None, cluster_dir, "freedom", None, 3,
+                                    ["train.epochs=2", "model.embeddings=[feat]", *sets]), tmp_path / "b").fit()
+    resumed = GeneralTrainer(build_experiment(None, cluster_dir, "freedom", None, 3,
+                                              ["train.epochs=4", "model.embeddings=[feat]", *sets]),
+                             tmp_path / "b", resume=True).fit()
+    assert resumed["test"] == full["test"] and resumed["epochs_run"] == 4
