@@ -16,7 +16,7 @@ ML_SRC=$("$PY" -c "from mmseqrec.data import movielens_small_path; print(moviele
 "$MM" prepare --format movielens "$ML_SRC" --out "$OUT/ml-latest-small" --overwrite
 "$MM" info "$OUT/ml-latest-small"
 
-echo "== 2. train + evaluate: SASRec, BERT4Rec, GRU4Rec (full ranking) =="
+echo "== 2. train + evaluate: SASRec, BERT4Rec, GRU4Rec against the Pop and ItemKNN baselines (full ranking) =="
 "$MM" experiment configs/experiments/demo-backbones.yaml --out "$OUT/backbones" $PROGRESS \
     --set "datasets={ml-latest-small: $OUT/ml-latest-small}"
 

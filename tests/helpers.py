@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-__all__ = ["ENRICH_CHILD", "write_cycle_dataset"]
+__all__ = ["ENRICH_CHILD", "run_cli", "write_cycle_dataset"]
 
 #: A script that runs ``enrich --task item-summary`` with a slow fake backend: ``python - DATA LOG [HOLD]``. Each
 #: generation takes 50 ms and appends the item title to LOG; while the file HOLD exists the backend waits after
@@ -64,3 +64,14 @@ def write_cycle_dataset(root: Path, n_users: int, n_items: int, seq_len: int) ->
     (root / "manifest.json").write_text(json.dumps({"format": "synthetic", "n_users": n_users,
                                                     "n_items": n_items, "n_interactions": len(items)}))
     return root
+
+
+def run_cli(args: list[str]) -> int:
+    """Run the ``mmseqrec`` entry point; return its exit code (typer exits 0 on success)."""
+    from mmseqrec.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0

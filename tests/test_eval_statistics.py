@@ -14,6 +14,7 @@ from mmseqrec.errors import InputError
 from mmseqrec.evaluate import adjust_pvalues, case_means, paired_test
 from mmseqrec.evaluate.metrics import case_values
 from mmseqrec.experiment import GridConfig, summarise
+from mmseqrec.experiment.report import to_markdown
 
 
 def _frame(users, targets, ranks, tied=None):
@@ -233,3 +234,34 @@ def test_find_eval_matches_protocol_and_history_and_reads_older_names(tmp_path):
     (run / "eval-full-exclhist.json").write_text(json.dumps({"protocol": "full", "exclude_history": True,
                                                              "test": {"HR@1": 0.75}}))
     assert find_eval(run, "full", exclude_history=True).metrics("test") == {"HR@1": 0.75}
+
+
+def test_report_references_pair_every_variant_with_a_baseline_on_its_own_backbone(tmp_path):
+    """``references: [P]``: every variant of every backbone is also tested against P's runs (P ran on its own
+    backbone, like the closed-form Pop); those comparisons join the table's Holm family."""
+    base = _frames()[("A", "sasrec")]  # one dataset: every run scores the same (user, target) cases
+    rng = np.random.default_rng(5)
+    frames = {(v, bb): base.with_columns(pl.Series("rank", rng.integers(0, 40, base.height)))
+              for v in "ABCP" for bb in ("sasrec", "gru4rec", "pop")}
+    grid = GridConfig(name="refs", datasets={"d": "/nonexistent"}, backbones=["sasrec", "gru4rec"],
+                      variants={"A": {}, "B": {}, "C": {}, "P": {}}, baseline="A", seeds=[1, 2],
+                      protocols=["full"], metrics=["NDCG@10", "HR@10"], references=["P"],
+                      variant_backbones={"P": ["pop"], "A": ["sasrec", "gru4rec"], "B": ["sasrec", "gru4rec"],
+                                         "C": ["sasrec", "gru4rec"]})
+    _write_runs(grid, tmp_path, frames)
+    s = summarise(grid, tmp_path)
+    first = s.filter(pl.col("metric") == "NDCG@10")
+    vs = first.filter(pl.col("variant") != "P")
+    assert vs.height == 6 and vs["p_vs_P"].null_count() == 0  # A, B, C on two backbones, all against P
+    row = vs.filter((pl.col("backbone") == "gru4rec") & (pl.col("variant") == "B"))
+    ref = paired_test(frames[("P", "pop")], frames[("B", "gru4rec")], "NDCG@10")
+    assert row["p_vs_P"][0] == ref["p_wilcoxon"]
+    assert s.filter(pl.col("metric") == "HR@10")["p_vs_P"].null_count() == s.filter(pl.col("metric") == "HR@10").height
+    # one family: 2 backbones x 2 variants x 2 metrics against A, plus 6 against P
+    raw = np.concatenate([s["p_wilcoxon"].drop_nulls().to_numpy(), vs["p_vs_P"].to_numpy()])
+    adj = adjust_pvalues(raw, "holm")
+    assert row["p_adj_vs_P"][0] == pytest.approx(adj[np.flatnonzero(raw == row["p_vs_P"][0])[0]])
+    md = to_markdown(grid, s)
+    assert "p NDCG@10 vs P (raw / Holm)" in md and "against **P**" in md
+    with pytest.raises(ValueError, match="references names unknown variant"):
+        GridConfig(datasets={"d": "x"}, variants={"A": {}}, references=["Q"])

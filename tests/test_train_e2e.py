@@ -11,9 +11,8 @@ import polars as pl
 import pytest
 import torch
 import yaml
-from helpers import write_cycle_dataset
+from helpers import run_cli, write_cycle_dataset
 
-from mmseqrec.cli import main
 from mmseqrec.cli.train import build_experiment
 from mmseqrec.data.dataset import SequenceData
 from mmseqrec.train import Trainer
@@ -40,13 +39,7 @@ def _cfg(data_dir, model="sasrec", epochs=12, extra=()):
     return build_experiment(data=data_dir, model=model, sets=sets, seed=7)
 
 
-def _cli(args):
-    """Run the CLI entry point; return its exit code (typer exits 0 on success)."""
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
+_cli = run_cli
 
 
 def _state(path):

@@ -4,6 +4,8 @@
   ``extra_tokens`` is the number of extra item rows the backbone needs (BERT4Rec's mask token: 1).
   General (user-item) models have ``general=True`` and ``build_fn(cfg, *, n_users, n_items, users, items,
   tensors) -> GeneralModel`` (``mmseqrec.models.graph``); ``mmseqrec.train.general`` trains them.
+  Closed-form baselines (``pop``, ``itemknn``) are entries with ``closed_form=True``: ``build_fn(cfg, n_items)
+  -> ClosedFormModel`` (no item encoder); the trainer fits them once instead of running epochs.
 * ``ITEM_ENCODERS[name] = ItemEncoderSpec(config_cls, build_fn)``:
   ``build_fn(cfg, *, n_items, extra_tokens, tensors) -> ItemEncoder``. The config class exposes
   ``embeddings() -> list[str]`` naming the embedding stores it needs; ``tensors`` maps each of those names to
@@ -29,6 +31,7 @@ import torch
 
 from .errors import InputError
 from .models.base import Backbone, ItemEncoder
+from .models.baselines import ItemKNNConfig, PopConfig, build_itemknn, build_pop
 from .models.bert4rec import BERT4Rec, BERT4RecConfig
 from .models.dmesr import DmesrConfig, build_dmesr
 from .models.graph import (
@@ -64,6 +67,7 @@ class ModelSpec:
     build: Callable[[Any, int], Backbone]
     extra_tokens: int = 0
     general: bool = False
+    closed_form: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ MODELS: dict[str, ModelSpec] = {
     "vbpr": ModelSpec(VBPRConfig, build_vbpr, general=True),
     "freedom": ModelSpec(FreedomConfig, build_freedom, general=True),
     "mllmrec": ModelSpec(MLLMRecConfig, build_mllmrec, general=True),
+    "pop": ModelSpec(PopConfig, build_pop, closed_form=True),
+    "itemknn": ModelSpec(ItemKNNConfig, build_itemknn, closed_form=True),
 }
 
 ITEM_ENCODERS: dict[str, ItemEncoderSpec] = {

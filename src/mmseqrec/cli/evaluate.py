@@ -71,14 +71,25 @@ def register(app: typer.Typer) -> None:
 
     @app.command("report")
     def report_cmd(
-        runs: Annotated[list[Path], typer.Argument(help="Run directories (e.g. one per seed).")],
+        runs: Annotated[list[Path], typer.Argument(
+            help="Run directories (e.g. one per seed); with --out also experiment folders.")],
         one_group: Annotated[bool, typer.Option(
             "--one-group", help="Aggregate all runs together instead of grouping by config minus seed.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Write one self-contained HTML report here instead (runs and/or experiment "
+                                "folders: results table with significance, training curves, long-tail breakdown, "
+                                "example recommendations with images).")] = None,
     ) -> None:
-        """Mean +- std of test metrics across runs of the same config (differing only by seed)."""
+        """Mean +- std of test metrics across runs of the same config (differing only by seed); with --out, an
+        HTML report of runs and experiment folders."""
         from ..evaluate.report import aggregate_runs
 
+        if out is not None:
+            from ..serve.html_report import write_html_report
+
+            typer.echo(f"wrote {write_html_report(list(runs), out)}")
+            return
         groups = aggregate_runs(list(runs), by_config=not one_group)
         if as_json:
             typer.echo(json.dumps(groups, indent=2))

@@ -75,7 +75,8 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
         data: Annotated[Path | None, typer.Option("--data", "-d", help="Prepared dataset directory.")] = None,
-        model: Annotated[str | None, typer.Option("--model", "-m", help="sasrec | bert4rec | gru4rec | bpr | lightgcn | vbpr | freedom | mllmrec")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", help="sasrec | bert4rec | gru4rec | pop | itemknn | "
+                                                  "bpr | lightgcn | vbpr | freedom | mllmrec")] = None,
         protocol: Annotated[str | None, typer.Option(help="full | sampled:N | candidates:N ...")] = None,
         config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML.")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override key.sub=value.")] = None,

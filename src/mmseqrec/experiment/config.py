@@ -50,6 +50,9 @@ class GridConfig(Config):
     variant_backbones : restrict a variant to some backbones (default: all).
     report_split : ``test`` (the results table) or ``valid`` (for ablations that choose defaults: the table shows
         the validation metrics of the selected checkpoints, no test numbers and no p-values).
+    references : variants every other variant is also tested against, across backbones (e.g. ``[Pop]``: the
+        closed-form baselines run on their own backbone ``pop``); one extra ``p METRIC vs REF`` column per
+        reference for the first metric. Their comparisons join the table's family for the correction.
     p_adjust : multiple-testing correction over all comparisons of one table (dataset x protocol): ``holm``
         (Holm-Bonferroni, default), ``bh`` (Benjamini-Hochberg) or ``none``; raw and adjusted p are both shown.
     """
@@ -66,6 +69,7 @@ class GridConfig(Config):
     backbone_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     variant_backbones: dict[str, list[str]] = Field(default_factory=dict)
     report_split: Literal["test", "valid"] = "test"
+    references: list[str] = Field(default_factory=list)
     p_adjust: Literal["holm", "bh", "none"] = "holm"
     _tried: dict[str, list[str]] = PrivateAttr(default_factory=dict)  # dataset name -> absolute paths looked at
     _source: str | None = PrivateAttr(None)  # the YAML file
@@ -85,6 +89,9 @@ class GridConfig(Config):
             self.baseline = next(iter(self.variants))
         if self.baseline not in self.variants:
             raise ValueError(f"baseline {self.baseline!r} is not one of the variants {list(self.variants)}")
+        for v in self.references:
+            if v not in self.variants:
+                raise ValueError(f"references names unknown variant {v!r}")
         for v in self.variant_backbones:
             if v not in self.variants:
                 raise ValueError(f"variant_backbones names unknown variant {v!r}")

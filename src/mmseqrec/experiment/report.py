@@ -62,9 +62,20 @@ def collect(grid: GridConfig, out: str | Path) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
+def _reference_group(groups: dict, ds: str, ref: str, bb: str, p: str) -> list[EvalRecord] | None:
+    """The runs of reference variant ``ref`` to pair with backbone ``bb``: the same backbone when the reference
+    ran on it, else the reference's only backbone (closed-form baselines run on their own), else none."""
+    if (ds, ref, bb, p) in groups:
+        return groups[(ds, ref, bb, p)]
+    found = [recs for (d, v, _, q), recs in groups.items() if (d, v, q) == (ds, ref, p)]
+    return found[0] if len(found) == 1 else None
+
+
 def _tests(grid: GridConfig, out: str | Path) -> pl.DataFrame:
     """Paired test of every non-baseline (dataset, backbone, variant, protocol, metric) against the baseline on
-    test ranks (seed means per case), with p adjusted over each (dataset, protocol) table."""
+    test ranks (seed means per case), and of every variant against each of ``grid.references`` (first metric
+    only); column ``reference`` names the variant tested against. p is adjusted over each (dataset, protocol)
+    table, all of its comparisons together."""
     groups: dict[tuple[str, str, str, str], list[EvalRecord]] = {}
     for r, p, rec in _records(grid, out):
         if "test" in rec.ranks:
@@ -78,18 +89,28 @@ def _tests(grid: GridConfig, out: str | Path) -> pl.DataFrame:
         return [cache[rec.ranks["test"]] for rec in recs]
 
     rows = []
-    for (ds, var, bb, p), recs in groups.items():
-        base = groups.get((ds, grid.baseline or "", bb, p))
-        if var == grid.baseline or not base:
-            continue
-        for metric in grid.metrics:
+
+    def test(ds: str, bb: str, var: str, p: str, ref: str, base: list[EvalRecord], recs: list[EvalRecord],
+             metrics: list[str]) -> None:
+        for metric in metrics:
             kind, _ = parse_metric(metric)
             res = paired_test(frames(base), frames(recs), metric, ties=recs[0].protocol.ties,
                               n_negatives=recs[0].n_negatives if kind == "AUC" else None)
             rows.append({"dataset": ds, "backbone": bb, "variant": var, "protocol": p, "metric": metric,
-                         "n_cases": res["n"], "p_wilcoxon": res["p_wilcoxon"], "p_ttest": res["p_ttest"]})
+                         "reference": ref, "n_cases": res["n"], "p_wilcoxon": res["p_wilcoxon"],
+                         "p_ttest": res["p_ttest"]})
+
+    refs = [v for v in grid.references if v != grid.baseline]
+    for (ds, var, bb, p), recs in groups.items():
+        base = groups.get((ds, grid.baseline or "", bb, p))
+        if var != grid.baseline and base:
+            test(ds, bb, var, p, grid.baseline or "", base, recs, grid.metrics)
+        for ref in refs:
+            ref_recs = _reference_group(groups, ds, ref, bb, p) if var != ref else None
+            if ref_recs:
+                test(ds, bb, var, p, ref, ref_recs, recs, grid.metrics[:1])
     schema = {"dataset": pl.Utf8, "backbone": pl.Utf8, "variant": pl.Utf8, "protocol": pl.Utf8, "metric": pl.Utf8,
-              "n_cases": pl.Int64, "p_wilcoxon": pl.Float64, "p_ttest": pl.Float64}
+              "reference": pl.Utf8, "n_cases": pl.Int64, "p_wilcoxon": pl.Float64, "p_ttest": pl.Float64}
     tests = pl.DataFrame(rows, schema=schema)
     adj = np.full(tests.height, np.nan)
     if tests.height:
@@ -114,8 +135,15 @@ def summarise(grid: GridConfig, out: str | Path) -> pl.DataFrame:
                 pl.col("value").count().alias("n_seeds")))
     if grid.report_split != "test":  # selection data: no test ranks are read, no p-values
         return agg
-    return agg.join(_tests(grid, out), on=["dataset", "backbone", "variant", "protocol", "metric"], how="left",
-                    maintain_order="left")
+    keys = ["dataset", "backbone", "variant", "protocol", "metric"]
+    tests = _tests(grid, out)
+    out_df = agg.join(tests.filter(pl.col("reference") == (grid.baseline or "")).drop("reference"), on=keys,
+                      how="left", maintain_order="left")
+    for ref in (v for v in grid.references if v != grid.baseline):
+        vs = tests.filter(pl.col("reference") == ref).select(
+            *keys, pl.col("p_wilcoxon").alias(f"p_vs_{ref}"), pl.col("p_adj").alias(f"p_adj_vs_{ref}"))
+        out_df = out_df.join(vs, on=keys, how="left", maintain_order="left")
+    return out_df
 
 
 def _fmt_p(p: float | None) -> str:
@@ -143,7 +171,11 @@ def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
     else:
         lines = [f"# {grid.name}", "",
                  (f"Test metrics: mean ± std of the per-seed values over seeds {grid.seeds}. p: two-sided paired "
-                  f"Wilcoxon signed-rank test against **{grid.baseline}** (same dataset, backbone and protocol); the "
+                  f"Wilcoxon signed-rank test against **{grid.baseline}** (same dataset, backbone and protocol)"
+                  + ("".join(f", and for {grid.metrics[0]} against **{v}**" for v in grid.references
+                             if v != grid.baseline) + " (any backbone)" if
+                     [v for v in grid.references if v != grid.baseline] else "")
+                  + "; the "
                   "unit is the test case (user, target), each case's metric averaged over seeds first, so n is the "
                   "number of users whatever the number of seeds. Shown as raw p / p adjusted "
                   + ("(no adjustment)" if grid.p_adjust == "none" else
@@ -162,7 +194,12 @@ def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
                 if test:
                     head.append(f"p {m} (raw / {adj})")
                     rule.append("---")
+            refs = [v for v in grid.references if v != grid.baseline and f"p_vs_{v}" in sub.columns] if test else []
+            for ref in refs:
+                head.append(f"p {grid.metrics[0]} vs {ref} (raw / {adj})")
+                rule.append("---")
             n_tests = int(sub["p_wilcoxon"].is_not_null().sum()) if test else 0
+            n_tests += sum(int(sub[f"p_vs_{v}"].is_not_null().sum()) for v in refs)
             ns = sorted(set(sub["n_cases"].drop_nulls().to_list())) if test else []
             cases = f", n = {'/'.join(str(n) for n in ns)} paired cases" if ns else ""
             lines += [f"## {ds} — protocol `{proto}`" + (f" ({n_tests} comparisons{cases})" if test else ""), "",
@@ -177,6 +214,12 @@ def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
                         if test:
                             cells.append("—" if row is None or row["p_wilcoxon"] is None else
                                          f"{_fmt_p(row['p_wilcoxon'])} / {_fmt_p(row['p_adj'])}")
+                    first = sub.filter((pl.col("backbone") == bb) & (pl.col("variant") == var)
+                                       & (pl.col("metric") == grid.metrics[0]))
+                    for ref in refs:
+                        row = first.row(0, named=True) if first.height else None
+                        cells.append("—" if row is None or row[f"p_vs_{ref}"] is None else
+                                     f"{_fmt_p(row[f'p_vs_{ref}'])} / {_fmt_p(row[f'p_adj_vs_{ref}'])}")
                     lines.append(f"| {bb} | {var} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)

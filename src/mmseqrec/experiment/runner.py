@@ -14,6 +14,7 @@ from rich.console import Console
 
 from ..config import deep_merge
 from ..evaluate.protocol import protocol_slug
+from ..registry import model_spec
 from .config import GridConfig, check_datasets
 
 __all__ = ["RunRecord", "plan_runs", "protocol_slug", "rescore_run", "run_grid"]
@@ -36,7 +37,10 @@ class RunRecord:
 
 
 def plan_runs(grid: GridConfig, out: str | Path) -> list[RunRecord]:
-    """Every (dataset, variant, backbone, seed) run with its merged config, in execution order."""
+    """Every (dataset, variant, backbone, seed) run with its merged config, in execution order.
+
+    Closed-form baselines (``pop``, ``itemknn``) take ``base`` without its ``model`` section (dropout, layers ...
+    are backbone options); their own options come from ``backbone_overrides`` or the variant."""
     out = Path(out)
     runs = []
     for ds_name, ds_path in grid.datasets.items():
@@ -44,7 +48,10 @@ def plan_runs(grid: GridConfig, out: str | Path) -> list[RunRecord]:
             backbones = grid.variant_backbones.get(variant, grid.backbones)
             for bb in backbones:
                 for seed in grid.seeds:
-                    cfg = deep_merge(grid.base, grid.backbone_overrides.get(bb, {}))
+                    base = grid.base
+                    if model_spec(bb).closed_form:  # pop / itemknn: the shared backbone options do not apply
+                        base = {k: v for k, v in base.items() if k != "model"}
+                    cfg = deep_merge(base, grid.backbone_overrides.get(bb, {}))
                     cfg = deep_merge(cfg, vcfg)
                     model = dict(cfg.get("model") or {})
                     model["name"] = bb

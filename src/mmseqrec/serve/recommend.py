@@ -54,6 +54,7 @@ class Recommender:
         self.index, self.ids, self.titles = item_tables(self.run.dataset)
         self.max_len = int(self.run.config.train.max_len)
         self._popularity: torch.Tensor | None = None
+        self.search = None  # a FaissSearch over the item vectors (mmseqrec.serve.index); None = exact
 
     def popularity(self) -> torch.Tensor:
         """Training interactions per item id (index 0 = padding), as used by the popularity baseline."""
@@ -64,6 +65,13 @@ class Recommender:
             sp = leave_one_out(self.run.dataset.sequences, self.run.config.data.min_len)
             self._popularity = torch.from_numpy(item_popularity(sp.seqs, sp.train_end)).double()
         return self._popularity
+
+    def _model_scores(self, ids: torch.Tensor, need: int) -> torch.Tensor:
+        """Scores ``[n_items + 1]`` for one left-padded history: exact (``score_all``), or the top-``need`` of
+        ``self.search`` and ``-inf`` elsewhere."""
+        if self.search is None:
+            return self.run.model.score_all(ids).float()[0].cpu()
+        return self.search.scores(self.run.model.user_states(ids)[0], need)
 
     def __call__(self, history: list[str], k: int = 10, exclude_seen: bool = True,
                  cold: Literal["error", "popularity"] = "error") -> RecommendResult:
@@ -89,7 +97,7 @@ class Recommender:
             tail = known[-self.max_len:]
             ids[0, -len(tail):] = torch.tensor(tail, dtype=torch.long)
             with torch.no_grad():
-                scores = self.run.model.score_all(ids.to(self.run.device)).float()[0].cpu()
+                scores = self._model_scores(ids.to(self.run.device), int(k) + len(known) + 1)
             scores[0] = float("-inf")  # padding is never an item
             source = "model"
             if exclude_seen:

@@ -17,6 +17,7 @@ import torch
 from ..data.dataset import DatasetDir
 from ..embed.store import load_embedding
 from ..errors import InputError
+from ..models.baselines import ClosedFormModel
 from ..models.sequence import SequenceModel
 from ..registry import item_encoder_spec, model_spec
 from .checkpoint import load_model
@@ -40,6 +41,7 @@ __all__ = [
     "load_tensors",
     "recorded_data",
     "resolve_device",
+    "training_sequences",
 ]
 
 CONFIG, BEST, LAST, OPTIM = "config.yaml", "model.safetensors", "last.safetensors", "optim.safetensors"
@@ -95,9 +97,12 @@ def load_tensors(cfg: ExperimentConfig, data_dir: str | Path | None = None) -> d
 
 
 def build_model(cfg: ExperimentConfig, n_items: int, tensors: dict[str, torch.Tensor] | None = None,
-                regularizers: list[torch.nn.Module] | None = None) -> SequenceModel:
-    """Item encoder + backbone + objective for ``cfg`` (weights initialised from the current torch RNG)."""
+                regularizers: list[torch.nn.Module] | None = None) -> SequenceModel | ClosedFormModel:
+    """Item encoder + backbone + objective for ``cfg`` (weights initialised from the current torch RNG), or an
+    unfitted closed-form baseline (``pop``, ``itemknn``) for a registry entry with ``closed_form=True``."""
     mspec = model_spec(cfg.model.name)
+    if mspec.closed_form:
+        return mspec.build(cfg.model, n_items)
     espec = item_encoder_spec(cfg.item_encoder.name)
     encoder = espec.build(cfg.item_encoder, n_items=n_items, extra_tokens=mspec.extra_tokens,
                           tensors=tensors or {})
@@ -108,12 +113,19 @@ def build_model(cfg: ExperimentConfig, n_items: int, tensors: dict[str, torch.Te
     return SequenceModel(encoder, backbone, cfg.objective, regularizers)
 
 
-def item_popularity(ds_seqs, train_end: np.ndarray) -> np.ndarray:
-    """Training interactions per item id (``[n_items + 1]``, index 0 = 0)."""
+def training_sequences(ds_seqs, train_end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(items, indptr)``: every user's training prefix (leave-one-out: no validation or test item), in CSR."""
     lengths = np.diff(ds_seqs.indptr)
     owner = np.repeat(np.arange(lengths.size), lengths)
     in_train = np.arange(ds_seqs.items.size) < train_end[owner]
-    return np.bincount(ds_seqs.items[in_train], minlength=ds_seqs.n_items + 1).astype(np.int64)
+    indptr = np.concatenate([[0], np.cumsum(train_end - ds_seqs.indptr[:-1])]).astype(np.int64)
+    return ds_seqs.items[in_train].astype(np.int64), indptr
+
+
+def item_popularity(ds_seqs, train_end: np.ndarray) -> np.ndarray:
+    """Training interactions per item id (``[n_items + 1]``, index 0 = 0)."""
+    items, _ = training_sequences(ds_seqs, train_end)
+    return np.bincount(items, minlength=ds_seqs.n_items + 1).astype(np.int64)
 
 
 @dataclass
@@ -122,7 +134,7 @@ class LoadedRun:
 
     path: Path
     config: ExperimentConfig
-    model: SequenceModel
+    model: SequenceModel | ClosedFormModel
     dataset: DatasetDir
     device: torch.device
 

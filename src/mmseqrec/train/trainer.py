@@ -27,6 +27,7 @@ from ..data.dataset import DatasetDir
 from ..data.split import EvalSet, LeaveOneOut, leave_one_out
 from ..errors import InputError, MmseqrecError
 from ..fileio import atomic_write_json, atomic_write_text
+from ..models.baselines import ClosedFormModel
 from ..models.sequence import SequenceModel
 from ..registry import regularizer_spec
 from .batching import TrainBatches
@@ -38,6 +39,7 @@ from .checkpoint import (
     save_optimizer,
     write_checkpoint,
 )
+from .closed_form import fit_closed_form
 from .config import ExperimentConfig, load_experiment
 from .run import (
     BEST,
@@ -148,6 +150,10 @@ class Trainer:
         np.random.seed(cfg.seed % (2**32))
         tensors = load_tensors(cfg)
         self.model = build_model(cfg, self.ds.n_items, tensors).to(self.device)
+        if isinstance(self.model, ClosedFormModel):  # pop / itemknn: fitted once in fit(), no optimiser
+            self.n_params = self.model.n_stored()
+            self._make_run_dir()
+            return
         self.causal = not self.model.bidirectional
         width = int(cfg.train.max_len) + (1 if self.causal else 0)
         self.batches = TrainBatches(self.split.seqs, self.split.train_end, width, cfg.train.batch_size,
@@ -239,6 +245,8 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train with early stopping on valid, then score test with the best checkpoint; returns metrics."""
+        if isinstance(self.model, ClosedFormModel):
+            return fit_closed_form(self)
         cfg, run = self.cfg, self.run
         state = {"epoch": 0, "best_metric": None, "best_epoch": 0, "bad_evals": 0, "best_valid": {},
                  "stopped": False}
