@@ -48,11 +48,10 @@ from .models.graph import (
 )
 from .models.gru4rec import GRU4Rec, GRU4RecConfig
 from .models.item_encoders import ContentEmbedding, ContentEmbeddingConfig, IdEmbedding, IdEmbeddingConfig
+from .models.llmemb import LlmEmbConfig, build_llmemb
 from .models.llmesr import (
-    LlmEmbConfig,
     LlmEsrConfig,
     SelfDistillationConfig,
-    build_llmemb,
     build_llmesr,
     build_self_distillation,
 )
