@@ -82,7 +82,12 @@ def run_recipe(name: str, sets: list[str], args, targets: dict[str, float] | Non
                 else:
                     extra += dt
                 vals[p] = float(res.metrics["NDCG@10"])
-            curve.append({"epoch": epoch + 1, "clock_s": round(clock, 2), **{p: round(v, 5) for p, v in vals.items()}})
+            point = {"epoch": epoch + 1, "clock_s": round(clock, 2), **{p: round(v, 5) for p, v in vals.items()}}
+            if args.test_curve:  # off the clock, never used for selection: for budget analyses only
+                point["test_full"] = round(float(evaluate_model(
+                    trainer.model, trainer.split.test, trainer.split, cfg, trainer.device,
+                    popularity=trainer.popularity).metrics["NDCG@10"]), 5)
+            curve.append(point)
             for p in protocols:
                 if targets and reached[p] is None and vals[p] >= targets[p]:
                     reached[p] = clock
@@ -124,6 +129,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json", default=None, help="also write all results (with curves) to this file")
+    ap.add_argument("--test-curve", action="store_true",
+                    help="also score test after every evaluation (off the clock; --json curves only)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
