@@ -100,7 +100,8 @@ def run_recipe(name: str, sets: list[str], args, targets: dict[str, float] | Non
                 best[p] = max(best.get(p, -1.0), vals[p])
             if args.verbose:
                 print(f"  {name} epoch {epoch + 1}: clock {clock:.1f}s valid NDCG@10 "
-                      + " ".join(f"{p}={v:.4f}" for p, v in vals.items()), flush=True)
+                      + " ".join(f"{p}={v:.4f}" for p, v in vals.items())
+                      + (f" (test {point['test_full']:.4f})" if args.test_curve else ""), flush=True)
             if (args.patience and bad >= args.patience) or (args.budget_s and clock >= args.budget_s):
                 break
         if best_state is not None:
