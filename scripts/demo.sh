@@ -7,6 +7,8 @@ OUT="${1:-demo-out}"
 MM="${MMSEQREC:-.venv/bin/mmseqrec}"
 PY="${PYTHON:-.venv/bin/python}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# progress bars on a terminal; in a log, `experiment` still prints one line per run with its result
+if [ -t 2 ]; then PROGRESS=--progress; else PROGRESS=--no-progress; fi
 mkdir -p "$OUT"
 
 echo "== 1. prepare: MovieLens ml-latest-small =="
@@ -14,8 +16,8 @@ ML_SRC=$("$PY" -c "from mmseqrec.data import movielens_small_path; print(moviele
 "$MM" prepare --format movielens "$ML_SRC" --out "$OUT/ml-latest-small" --overwrite
 "$MM" info "$OUT/ml-latest-small"
 
-echo "== 2. train + evaluate: SASRec, BERT4Rec, GRU4Rec (full ranking) =="
-"$MM" experiment configs/experiments/demo-backbones.yaml --out "$OUT/backbones" --no-progress \
+echo "== 2. train + evaluate: SASRec, BERT4Rec, GRU4Rec against the Pop and ItemKNN baselines (full ranking) =="
+"$MM" experiment configs/experiments/demo-backbones.yaml --out "$OUT/backbones" $PROGRESS \
     --set "datasets={ml-latest-small: $OUT/ml-latest-small}"
 
 echo "== 3. multimodal pipeline on the SYNTHETIC dataset (labelled synthetic; images + text) =="
@@ -23,7 +25,7 @@ SYN="$OUT/synthetic"
 "$MM" prepare --format synthetic --out "$SYN" --seed 0 --option n_users=1000 --option n_items=200 --overwrite
 echo "-- enrich: DMESR's three-way prompts with the offline stand-in (EfficientNet tags + SmolLM2-135M);"
 echo "   only ${DEMO_ENRICH_LIMIT:=4} items, because a 135M model on 2 CPU cores writes about 0.3 items/s"
-"$MM" enrich "$SYN" --task item-views --backend offline --limit "$DEMO_ENRICH_LIMIT" --max-new-tokens 48 --no-progress
+"$MM" enrich "$SYN" --task item-views --backend offline --limit "$DEMO_ENRICH_LIMIT" --max-new-tokens 48 $PROGRESS
 "$PY" - "$SYN" <<'PYEOF'
 import sys, polars as pl
 df = pl.read_parquet(f"{sys.argv[1]}/enrich/item-views.parquet").filter(pl.col("status") == "ok")
@@ -31,10 +33,10 @@ for r in df.head(3).iter_rows(named=True):
     print(f"  item {r['item']} [{r['view']}] {r['text'][:150]}")
 PYEOF
 echo "-- embed: image features, text (pooled + tokens), and the enriched both-view"
-"$MM" embed "$SYN" --source image --encoder efficientnet-lite0 --out image --no-progress
-"$MM" embed "$SYN" --source text --encoder all-MiniLM-L6-v2 --out text --tokens --no-progress
-"$MM" embed "$SYN" --source item-views:both --encoder all-MiniLM-L6-v2 --out views-both --no-progress
+"$MM" embed "$SYN" --source image --encoder efficientnet-lite0 --out image $PROGRESS
+"$MM" embed "$SYN" --source text --encoder all-MiniLM-L6-v2 --out text --tokens $PROGRESS
+"$MM" embed "$SYN" --source item-views:both --encoder all-MiniLM-L6-v2 --out views-both $PROGRESS
 echo "== 4. train + evaluate: SASRec vs DMESR-SASRec (full ranking) =="
-"$MM" experiment configs/experiments/demo-dmesr.yaml --out "$OUT/dmesr" --no-progress \
+"$MM" experiment configs/experiments/demo-dmesr.yaml --out "$OUT/dmesr" $PROGRESS \
     --set "datasets={synthetic: $SYN}"
 echo "== done: tables in $OUT/backbones/results.md and $OUT/dmesr/results.md =="

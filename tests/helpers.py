@@ -8,7 +8,39 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-__all__ = ["write_cycle_dataset", "write_genre_dataset"]
+__all__ = ["ENRICH_CHILD", "run_cli", "write_cycle_dataset", "write_genre_dataset"]
+
+#: A script that runs ``enrich --task item-summary`` with a slow fake backend: ``python - DATA LOG [HOLD]``. Each
+#: generation takes 50 ms and appends the item title to LOG; while the file HOLD exists the backend waits after
+#: its first generation. Prints ``finished`` or the error's class and message.
+ENRICH_CHILD = """
+import os, sys, time
+from mmseqrec.enrich import EnrichConfig, GenResponse, register_backend, run_enrich, BackendConfig
+from mmseqrec.enrich.backends.base import BackendInfo
+log = open(sys.argv[2], "a")
+hold = sys.argv[3] if len(sys.argv) > 3 else None
+
+class Slow:
+    supports_images = True
+    info = BackendInfo("slow", "slow-model", "1")
+    def generate(self, reqs):
+        out = []
+        for r in reqs:
+            time.sleep(0.05)
+            log.write(r.context["title"] + "\\n"); log.flush()
+            while hold and os.path.exists(hold):
+                time.sleep(0.01)
+            out.append(GenResponse("text of " + r.context["title"]))
+        return out
+
+register_backend("slow", lambda cfg: Slow())
+try:
+    run_enrich(sys.argv[1], EnrichConfig(task="item-summary", backend=BackendConfig(backend="slow", batch_size=2)),
+               progress=False)
+    print("finished", flush=True)
+except Exception as exc:
+    print(type(exc).__name__, exc, flush=True)
+"""
 
 
 def write_cycle_dataset(root: Path, n_users: int, n_items: int, seq_len: int) -> Path:
@@ -53,3 +85,14 @@ def _write(root: Path, users: list[int], items: list[int], ts: list[int], n_user
     (root / "manifest.json").write_text(json.dumps({"format": "synthetic", "n_users": n_users,
                                                     "n_items": n_items, "n_interactions": len(items)}))
     return root
+
+
+def run_cli(args: list[str]) -> int:
+    """Run the ``mmseqrec`` entry point; return its exit code (typer exits 0 on success)."""
+    from mmseqrec.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from helpers import ENRICH_CHILD
 from PIL import Image
 
 from mmseqrec.cli import main
@@ -98,8 +99,8 @@ def test_item_description_images_fallbacks_and_export(ds: Path) -> None:
     # item 1 is the only one with a decodable image: MLLM-MSR's exact prompt, with the image
     img_tpl = TEMPLATES["mllm-msr/image-summary"]
     assert df["template_id"].to_list() == [img_tpl.id] + ["mmseqrec/description-from-text"] * 3
-    assert df["prompt"][0] == (
-        "Please describe this image, which is a cover of a video. Provide a detailed description in one "
+    assert df["prompt"][0] == (  # the manifest names no format: the neutral image kind
+        "Please describe this image, which is a picture of the item. Provide a detailed description in one "
         "continuous paragraph, including content information and visual features such as colors, objects, "
         "text, and any notable elements present in the image.")
     reasons = df["reason"].to_list()
@@ -181,19 +182,20 @@ def test_user_preference_recurrent_uses_training_items_only(ds: Path) -> None:
     assert "Green Hat" not in be3.prompts[0]
 
 
-def test_failures_are_stored_and_retried_only_on_request(ds: Path) -> None:
+def test_failures_are_stored_and_retried_by_default(ds: Path) -> None:
     be = Recorder(fail_titles=("Blue Cup",))
     res = run_enrich(ds, EnrichConfig(task="item-summary"), backend=be, progress=False)
     df = read(ds, "item-summary").sort("item")
     assert df["status"].to_list() == ["ok", "failed", "ok", "ok"]
     assert df["reason"][1] == "simulated failure" and df["text"][1] is None
     assert res.counts == {"ok": 3, "failed": 1, "skipped": 0}
-    be2 = Recorder()  # healthy now, but failures are not retried without --retry-failed
-    run_enrich(ds, EnrichConfig(task="item-summary"), backend=be2, progress=False)
+    be2 = Recorder(fail_titles=("Blue Cup",))  # --keep-failed: the failure is served from the cache, and said so
+    res2 = run_enrich(ds, EnrichConfig(task="item-summary", retry_failed=False), backend=be2, progress=False)
     assert be2.prompts == [] and read(ds, "item-summary").sort("item")["status"][1] == "failed"
-    be3 = Recorder()
-    run_enrich(ds, EnrichConfig(task="item-summary", retry_failed=True), backend=be3, progress=False)
-    assert len(be3.prompts) == 1 and "Blue Cup" in be3.prompts[0]
+    assert res2.failed_cached == 1 and res2.info["this_run"]["failed_from_cache"] == 1
+    be3 = Recorder()  # default: the failure is generated again
+    res3 = run_enrich(ds, EnrichConfig(task="item-summary"), backend=be3, progress=False)
+    assert len(be3.prompts) == 1 and "Blue Cup" in be3.prompts[0] and res3.failed_cached == 0
     assert read(ds, "item-summary")["status"].to_list() == ["ok"] * 4
 
 
@@ -217,29 +219,6 @@ def test_backend_crash_is_recorded_not_raised(ds: Path) -> None:
     assert df["reason"].to_list() == ["RuntimeError: CUDA out of memory (simulated)"] * 4
 
 
-CHILD = textwrap.dedent("""
-    import sys, time
-    from mmseqrec.enrich import EnrichConfig, GenResponse, register_backend, run_enrich, BackendConfig
-    from mmseqrec.enrich.backends.base import BackendInfo
-    log = open(sys.argv[2], "a")
-
-    class Slow:
-        supports_images = True
-        info = BackendInfo("slow", "slow-model", "1")
-        def generate(self, reqs):
-            out = []
-            for r in reqs:
-                time.sleep(0.05)
-                log.write(r.context["title"] + "\\n"); log.flush()
-                out.append(GenResponse("text of " + r.context["title"]))
-            return out
-
-    register_backend("slow", lambda cfg: Slow())
-    run_enrich(sys.argv[1], EnrichConfig(task="item-summary", backend=BackendConfig(backend="slow", batch_size=2)),
-               progress=False)
-""")
-
-
 def test_crash_resume_loses_and_recomputes_nothing(tmp_path: Path) -> None:
     n = 40
     root = tmp_path / "ds"
@@ -252,7 +231,7 @@ def test_crash_resume_loses_and_recomputes_nothing(tmp_path: Path) -> None:
     log = tmp_path / "calls.log"
     log.touch()
     script = tmp_path / "child.py"
-    script.write_text(CHILD)
+    script.write_text(ENRICH_CHILD)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen([sys.executable, str(script), str(root), str(log)], env=env)
     deadline = time.time() + 60
@@ -295,7 +274,10 @@ def test_cli_enrich_echo_and_errors(ds: Path, capsys) -> None:
     r = CliRunner().invoke(app, ["enrich", str(ds), "--task", "item-description", "--backend", "echo",
                                  "--limit", "3", "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert "generated now" in r.output and "echo = template-only text, no model" in r.output
+    assert "echo = template-only text, no model" in r.output
+    out = " ".join(r.output.split())
+    assert "this run: 3 generated (0 failed), 0 from cache" in out and "items/s" in out
+    assert "1 items beyond --limit (not processed)" in out
     df = read(ds, "item-description").sort("item")
     assert df["status"].to_list() == ["ok", "ok", "ok", "skipped"]
     assert df["text"][0].startswith("echo ") and "[image]" in df["text"][0] and "Red Shirt" in df["text"][0]
@@ -335,17 +317,113 @@ class ContextRecorder(Recorder):
 
 def test_image_only_views_never_see_item_text(ds: Path) -> None:
     """DMESR's image view (and MMSRARec's image keywords) must come from the image alone, also for
-    text-grounded backends; items without a usable image fall back to the text prompt and its context."""
+    text-grounded backends."""
     rec = ContextRecorder()
     run_enrich(ds, EnrichConfig(task="item-views", limit=1), backend=rec, progress=False)
     by_prompt = dict(zip(rec.prompts, rec.contexts, strict=True))
     image_prompt = TEMPLATES["dmesr/view-image"].render()
     assert by_prompt[image_prompt] == {}  # item 1 has a good image: no title, no text
     assert any(c.get("title") == "Red Shirt" for c in rec.contexts)  # the text/both views keep it
-    # a missing image falls back to the text prompt with the item's text as context
-    rec2 = ContextRecorder()
-    run_enrich(ds, EnrichConfig(task="item-views"), backend=rec2, progress=False)
-    df = read(ds, "item-views").filter((pl.col("item") == 2) & (pl.col("view") == "image"))
-    assert df["template_id"][0] == "dmesr/view-text"
-    fallback_ctx = [c for c in rec2.contexts if c.get("title") == "Blue Cup"]
-    assert len(fallback_ctx) == 3 and all(c.get("text") for c in fallback_ctx)  # image (fallback), text, both
+
+
+def test_image_views_without_an_image_are_skipped_never_faked(ds: Path) -> None:
+    """item 1: good image; 2: missing file; 3: corrupt file; 4: no image. The image and both views of items 2-4
+    are skipped with their reason (no text-prompt stand-in); the text view is generated for every item."""
+    rec = ContextRecorder()
+    res = run_enrich(ds, EnrichConfig(task="item-views"), backend=rec, progress=False)
+    df = read(ds, "item-views").sort(["item", "view"])
+    got = {(r["item"], r["view"]): (r["status"], r["reason"], r["template_id"]) for r in df.iter_rows(named=True)}
+    assert got[(1, "image")] == ("ok", None, "dmesr/view-image") and got[(1, "both")][2] == "dmesr/view-both"
+    for item in (2, 3, 4):
+        assert got[(item, "text")][0] == "ok"
+        for view in ("image", "both"):
+            status, _, tpl = got[(item, view)]
+            assert status == "skipped" and tpl is None
+    assert got[(2, "image")][1].startswith("image file not found: ")
+    assert got[(3, "both")][1].startswith("corrupt image: ")
+    assert got[(4, "image")][1] == "no image"
+    assert len(rec.prompts) == 2 + 4  # item 1's image and both views + four text views; nothing else
+    assert res.counts == {"ok": 6, "failed": 0, "skipped": 6}
+    assert res.info["skipped_reasons"] == {"image file not found": 2, "corrupt image": 2, "no image": 2}
+    assert res.info["views"] == {"image": {"ok": 1, "failed": 0, "skipped": 3},
+                                 "text": {"ok": 4, "failed": 0, "skipped": 0},
+                                 "both": {"ok": 1, "failed": 0, "skipped": 3}}
+    assert res.info["units"] == {"kind": "items", "total": 4, "beyond_limit": 0, "ok": 4, "failed": 0, "skipped": 0}
+
+    class TextOnly(Recorder):  # a backend that cannot see images: no view from the image at all
+        supports_images = False
+
+    res2 = run_enrich(ds, EnrichConfig(task="item-keywords"), backend=TextOnly(), progress=False)
+    kw = read(ds, "item-keywords").filter(pl.col("view") == "image").sort("item")
+    assert kw["status"].to_list() == ["skipped"] * 4
+    assert kw["reason"].to_list()[0] == "backend has no image input"
+    assert res2.counts == {"ok": 4, "failed": 0, "skipped": 4}
+
+
+def test_enrich_summary_counts_items_views_and_limit(ds: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mmseqrec.cli import app
+
+    r = CliRunner().invoke(app, ["enrich", str(ds), "--task", "item-views", "--backend", "echo", "--limit", "2",
+                                 "--no-progress"])
+    assert r.exit_code == 0, r.output
+    info = json.loads((ds / "enrich" / "item-views.json").read_text())
+    # 2 items processed (item 1: three views; item 2: text only, its image is missing), 2 beyond --limit
+    assert info["units"] == {"kind": "items", "total": 4, "beyond_limit": 2, "ok": 2, "failed": 0, "skipped": 2}
+    assert info["this_run"]["generated"] == 4 and info["this_run"]["items_generated"] == 2
+    assert info["skipped_reasons"] == {"beyond --limit": 6, "image file not found": 2}
+    out = " ".join(r.output.split())
+    assert "2 items beyond --limit (not processed)" in out and "skipped rows: image file not found (2)" in out
+    assert "this run: 4 generated (0 failed), 0 from cache" in out and "items/s" in out
+    for view in ("view image", "view text", "view both"):
+        assert view in out
+
+
+def test_default_image_kind_follows_the_dataset(ds: Path) -> None:
+    """MLLM-MSR's 'a cover of a video' (MicroLens) never leaks into other data: the kind comes from the manifest
+    format, else a neutral phrase; an explicit --image-kind wins."""
+    def prompt(cfg: EnrichConfig) -> str:
+        rec = Recorder()
+        run_enrich(ds, cfg, backend=rec, progress=False)
+        return rec.prompts[0]
+
+    m = json.loads((ds / "manifest.json").read_text())
+    for fmt, kind in (("amazon2023", "a picture of a product"), ("movielens", "a poster of a movie"),
+                      ("table", "a picture of the item"), ("synthetic", "a picture of a product")):
+        (ds / "manifest.json").write_text(json.dumps({**m, "format": fmt}))
+        shutil.rmtree(ds / "enrich", ignore_errors=True)
+        p = prompt(EnrichConfig(task="item-description", limit=1))
+        assert p.startswith(f"Please describe this image, which is {kind}. "), p
+        assert "video" not in p
+    info = json.loads((ds / "enrich" / "item-description.json").read_text())
+    assert info["options"]["image_kind_source"] == "manifest format 'synthetic'"
+    p = prompt(EnrichConfig(task="item-description", limit=1, image_kind="a cover of a video"))
+    assert p.startswith("Please describe this image, which is a cover of a video. ")
+
+
+def test_huge_image_is_not_decoded(ds: Path) -> None:
+    """A 12000x12000 PNG header (a few bytes, the pixels never written) is refused from its header: decoding it
+    would be reported as a corrupt image instead. item-description falls back to text with the reason."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    (ds / "images" / "good.png").write_bytes(png)
+    from mmseqrec.enrich.images import decode_image
+
+    img, why = decode_image(png)
+    assert img is None and why == "image too large: 12000x12000 = 144,000,000 pixels > 40,000,000 (not decoded)"
+    with pytest.warns(Image.DecompressionBombWarning):  # no cap: Pillow decodes and finds the data truncated
+        img, why = decode_image(png, max_pixels=0)
+    assert img is None and why.startswith("corrupt image")
+    run_enrich(ds, EnrichConfig(task="item-description", limit=1), backend=Recorder(), progress=False)
+    row = read(ds, "item-description").sort("item").row(0, named=True)
+    assert row["status"] == "ok" and row["template_id"] == "mmseqrec/description-from-text"
+    assert row["reason"].startswith("text fallback: image too large: 12000x12000")
+    res = run_enrich(ds, EnrichConfig(task="item-views", limit=1), backend=Recorder(), progress=False)
+    assert res.info["skipped_reasons"] == {"beyond --limit": 9, "image too large": 2}

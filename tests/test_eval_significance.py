@@ -139,7 +139,7 @@ def test_cli_compare_and_report(tmp_path):
                                    "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["protocol"].startswith("sampled:100")
-    with pytest.raises(InputError, match="not scored under"):
+    with pytest.raises(InputError, match="not scored on test under"):
         load_run_result(tmp_path / "fa", "sampled:50")
     # report: a and b differ only by seed -> one group; c is another protocol
     res = CliRunner().invoke(app, ["report", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c"),

@@ -47,11 +47,16 @@ def grid_file(tmp_path_factory):
     return path
 
 
-def test_grid_runs_resumes_and_reports(grid_file, tmp_path):
+def test_grid_runs_resumes_and_reports(grid_file, tmp_path, capsys):
     torch.set_num_threads(1)
     grid = load_grid(grid_file)
     out = tmp_path / "out"
     runs = run_grid(grid, out, progress=False)
+    # without progress bars there is still one line per run with its result, and one per re-scored protocol
+    err = capsys.readouterr().err
+    done = [line for line in err.splitlines() if ": test HR@5 " in line and "best epoch" in line]
+    assert len(done) == 6 and all(line.rstrip().endswith(" s") for line in done)
+    assert "[6/6] cycle / ID-small / gru4rec / seed 2: sampled:5: test HR@5 " in err and "6 run(s) in " in err
     # 2 backbones x 2 seeds for the baseline, 1 backbone x 2 seeds for the restricted variant
     assert len(runs) == 6
     for r in runs:
@@ -68,7 +73,9 @@ def test_grid_runs_resumes_and_reports(grid_file, tmp_path):
     paths = write_report(grid, out)
     md = paths["markdown"].read_text()
     assert "protocol `full`" in md and "protocol `sampled:5" in md
-    assert "ID-large" in md and "(p=" in md  # p-value against the baseline
+    assert "ID-large" in md and "p HR@5 (raw / Holm)" in md  # p-values against the baseline, raw and adjusted
+    large = [ln for ln in md.splitlines() if "| ID-large |" in ln]
+    assert large and all(" / " in cell for ln in large for cell in ln.split("|")[4::2] if cell.strip())
     csv = pl.read_csv(paths["csv"])
     row = csv.filter((pl.col("variant") == "ID-small") & (pl.col("backbone") == "sasrec")
                      & (pl.col("protocol") == "full") & (pl.col("metric") == "HR@5"))
@@ -84,7 +91,7 @@ def test_grid_runs_resumes_and_reports(grid_file, tmp_path):
     vgrid = load_grid(grid_file, ["report_split=valid"])
     vpaths = write_report(vgrid, out)
     vmd = vpaths["markdown"].read_text()
-    assert "**Validation** metrics" in vmd and "(p=" not in vmd
+    assert "**Validation** metrics" in vmd and "raw /" not in vmd
     vrow = pl.read_csv(vpaths["csv"]).filter(
         (pl.col("variant") == "ID-small") & (pl.col("backbone") == "sasrec") & (pl.col("protocol") == "full")
         & (pl.col("metric") == "HR@5"))
@@ -126,3 +133,119 @@ def test_longtail_cli_on_a_trained_run(grid_file, tmp_path, capsys):
         by[r["by"]] += r["n"]
     assert by == {"user_length": n_cases, "item_popularity": n_cases}
     assert [r["group"] for r in rows if r["by"] == "item_popularity"] == ["<3", "[3,1000)", ">=1000"]
+
+
+def test_rescore_files_by_protocol_and_history_then_experiment_and_compare(grid_file, tmp_path, capsys):
+    """`evaluate --protocol P` on a grid run writes the one eval schema, so a later `experiment` reads it (no
+    KeyError); re-scores are named by protocol and history setting and `compare` picks the matching one or refuses."""
+    from mmseqrec.cli import main
+    from mmseqrec.evaluate.report import compare_runs, load_run_result
+
+    def cli(*args):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            return exc.code or 0
+        return 0
+
+    torch.set_num_threads(1)
+    grid = load_grid(grid_file, ["seeds=[1]", "backbones=[sasrec]", "protocols=[full,sampled:5]"])
+    out = tmp_path / "out"
+    runs = run_grid(grid, out, progress=False)
+    a, b = runs[0].run_dir, runs[1].run_dir
+    m = json.loads((a / "metrics.json").read_text())
+    assert m["scoring_dtype"] == "float32" and m["ties"] == "pessimistic" and m["exclude_history"] is False
+    e = json.loads((a / "eval-sampled-5.json").read_text())
+    assert set(e) >= {"protocol", "exclude_history", "ties", "scoring_dtype", "test"} and "valid" not in e
+
+    # re-score with the evaluate command (another split, then the same protocol with history excluded)
+    assert cli("evaluate", a, "--protocol", "sampled:5", "--split", "both") == 0
+    e2 = json.loads((a / "eval-sampled-5.json").read_text())
+    assert set(e2) >= {"valid", "test"} and e2["scoring_dtype"] == "float32"
+    assert (a / "ranks-sampled-5.parquet").exists() and (a / "ranks-sampled-5-valid.parquet").exists()
+    run_grid(grid, out, progress=False)  # reads the re-score (used to fail with KeyError: 'test')
+    assert "sampled:5" in write_report(grid, out)["markdown"].read_text()
+
+    before = (a / "metrics.json").read_bytes()
+    for run in (a, b):
+        assert cli("evaluate", run, "--protocol", "full", "--exclude-history") == 0
+        assert (run / "eval-full-exclhist.json").exists() and (run / "ranks-full-exclhist.parquet").exists()
+    assert (a / "metrics.json").read_bytes() == before  # the training protocol's result is not overwritten
+    excl = load_run_result(a, "full", exclude_history=True)
+    assert excl.exclude_history and excl.record.path.name == "eval-full-exclhist.json"
+    assert load_run_result(a, "full").record.path.name == "metrics.json"
+    assert excl.test["HR@5"] >= load_run_result(a, "full").test["HR@5"]  # fewer competitors
+    rows = compare_runs(excl, load_run_result(b, "full", exclude_history=True))
+    assert rows and all("p_adj" in r for r in rows)
+    capsys.readouterr()
+    assert cli("compare", a, b, "--protocol", "full", "--exclude-history", "--json") == 0
+    assert "history excluded" in json.loads(capsys.readouterr().out)["protocol"]
+    assert cli("compare", a, b, "--protocol", "sampled:5", "--exclude-history") != 0
+    err = capsys.readouterr().err
+    assert "not scored on test under 'sampled:5' with history excluded" in err
+    assert "--exclude-history" in err
+
+
+def test_validation_only_grid_prints_no_test_metrics(grid_file, tmp_path, capsys):
+    torch.set_num_threads(1)
+    grid = load_grid(grid_file, ["seeds=[1]", "backbones=[gru4rec]", "protocols=[full,sampled:5]",
+                                 "report_split=valid", "variants={ID-small: {item_encoder: {name: id, dim: 8}}}",
+                                 "variant_backbones={}"])
+    capsys.readouterr()
+    runs = run_grid(grid, tmp_path / "out", progress=False)
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert ": valid HR@5" in text and "test" not in text
+    e = json.loads((runs[0].run_dir / "eval-sampled-5.json").read_text())
+    assert "valid" in e and "test" not in e  # a validation-only grid never scores test under extra protocols
+    paths = write_report(grid, tmp_path / "out")
+    csv = pl.read_csv(paths["csv"])
+    assert not any(c.startswith("p_") for c in csv.columns)
+    assert "| ID-small |" in paths["markdown"].read_text()
+
+
+def test_grid_dataset_paths_are_absolute_and_checked(tmp_path, monkeypatch, capsys):
+    """Relative dataset paths: the working directory first, then the YAML's folder; errors and dry runs show
+    absolute paths, and a dry run checks that each dataset is prepared and each embedding store exists."""
+    from helpers import write_cycle_dataset
+
+    from mmseqrec.cli import main
+    from mmseqrec.errors import InputError
+
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    write_cycle_dataset(cfg_dir / "data" / "cycle", n_users=10, n_items=8, seq_len=5)
+    grid_path = cfg_dir / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"datasets": {"cycle": "data/cycle"}, "seeds": [1]}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    grid = load_grid(grid_path)
+    assert grid.datasets == {"cycle": str((cfg_dir / "data" / "cycle").resolve())}
+    runs = run_grid(grid, tmp_path / "out", dry_run=True)
+    assert len(runs) == 1 and not (tmp_path / "out").exists()
+    assert f"dataset cycle: {(cfg_dir / 'data' / 'cycle').resolve()} (prepared)" in " ".join(
+        capsys.readouterr().err.split())
+
+    grid_path.write_text(yaml.safe_dump({"datasets": {"gone": "data/nope"}}))
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", str(grid_path), "--dry-run", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"field 'datasets.gone': dataset directory not found (looked at {elsewhere.resolve()}/data/nope and " \
+           f"{cfg_dir.resolve()}/data/nope)" in err
+
+    (cfg_dir / "data" / "empty").mkdir()
+    grid_path.write_text(yaml.safe_dump({"datasets": {"e": "data/empty"}}))
+    with pytest.raises(InputError, match=r"/data/empty is not a prepared dataset directory \(missing "
+                                         r"interactions.parquet, items.parquet, manifest.json\)"):
+        run_grid(load_grid(grid_path), tmp_path / "out", dry_run=True)
+
+    grid_path.write_text(yaml.safe_dump({"datasets": {"cycle": "data/cycle"}, "variants": {
+        "ID": {"item_encoder": {"name": "id"}},
+        "text": {"item_encoder": {"name": "content", "embedding": "text-minilm"}}}}))
+    with pytest.raises(InputError, match=r"variant 'text' needs the embedding store\(s\) text-minilm in "):
+        run_grid(load_grid(grid_path), tmp_path / "out", dry_run=True)
+    grid_path.write_text(yaml.safe_dump({"datasets": {"cycle": "data/cycle"}, "base": {"train": {"lr": "x"}}}))
+    with pytest.raises(InputError, match="train.lr"):  # a bad run config fails in the dry run, not hours later
+        run_grid(load_grid(grid_path), tmp_path / "out", dry_run=True)

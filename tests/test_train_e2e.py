@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from helpers import write_cycle_dataset
+import yaml
+from helpers import run_cli, write_cycle_dataset
 
-from mmseqrec.cli import main
 from mmseqrec.cli.train import build_experiment
 from mmseqrec.data.dataset import SequenceData
 from mmseqrec.train import Trainer
@@ -39,13 +39,7 @@ def _cfg(data_dir, model="sasrec", epochs=12, extra=()):
     return build_experiment(data=data_dir, model=model, sets=sets, seed=7)
 
 
-def _cli(args):
-    """Run the CLI entry point; return its exit code (typer exits 0 on success)."""
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
+_cli = run_cli
 
 
 def _state(path):
@@ -141,7 +135,7 @@ def test_cli_train_evaluate_recommend(data_dir, tmp_path, capsys):
     capsys.readouterr()
     assert 0 == _cli(["evaluate", str(run), "--protocol", "sampled:10"])
     out = json.loads((run / "eval-sampled-10.json").read_text())
-    assert out["protocol"].startswith("sampled:10") and out["metrics"]["HR@10"] > 0.8
+    assert out["protocol"].startswith("sampled:10") and out["test"]["HR@10"] > 0.8  # the one eval schema
     assert pl.read_parquet(run / "ranks-sampled-10.parquet").height == N_USERS
     capsys.readouterr()
     # user walking with step 2: i3, i5, i7 -> next is i9
@@ -150,11 +144,32 @@ def test_cli_train_evaluate_recommend(data_dir, tmp_path, capsys):
     assert rec["unknown"] == ["nope"] and len(rec["items"]) == 3
     assert rec["items"][0]["item_id"] == "i9" and rec["items"][0]["title"] == "Item 9"
     assert all(i["item_id"] not in {"i3", "i5", "i7"} for i in rec["items"])
-    assert 0 == _cli(["recommend", str(run), "--history", "zzz"])
-    assert "zzz" in capsys.readouterr().out
+    # no usable history: a clear error naming the ids, or popularity when asked for (and labelled)
+    assert 2 == _cli(["recommend", str(run), "--history", "zzz"])
+    err = capsys.readouterr().err
+    assert "none of the 1 history id(s) is in the catalogue (zzz)" in err and "--cold popularity" in err
+    assert 2 == _cli(["recommend", str(run)])
+    assert "no history given" in capsys.readouterr().err
+    assert 2 == _cli(["recommend", str(run), "--history", " , "])
+    assert "no history given" in capsys.readouterr().err
+    assert 0 == _cli(["recommend", str(run), "--history", "zzz", "--cold", "popularity", "-k", "2", "--json"])
+    pop = json.loads(capsys.readouterr().out)
+    inter = pl.read_parquet(data_dir / "interactions.parquet")
+    train_part = inter.filter(pl.int_range(pl.len()).over("user") < SEQ_LEN - 2)  # leave-one-out training prefixes
+    counts = np.bincount(train_part["item"].to_numpy())
+    best = np.argsort(-counts, kind="stable")[:2]
+    assert pop["source"] == "popularity" and pop["unknown"] == ["zzz"]
+    assert [i["score"] for i in pop["items"]] == counts[best].astype(float).tolist()
+    assert 0 == _cli(["recommend", str(run), "--cold", "popularity", "-k", "2"])
+    assert "POPULARITY" in capsys.readouterr().out
+    for bad in ("-5", "0"):
+        assert 2 == _cli(["recommend", str(run), "--history", "i3", "-k", bad])
+        assert "k must be at least 1" in capsys.readouterr().err
+    assert 2 == _cli(["recommend", str(run), "--history", "i3", "--cold", "random"])
+    assert "unknown cold-start policy" in capsys.readouterr().err
     # user errors: one line, exit code 2
     assert 2 == _cli(["train", "--data", str(data_dir), "--model", "transformer", "--out", str(tmp_path / "x")])
-    assert "bert4rec, gru4rec, sasrec" in capsys.readouterr().err
+    assert "bert4rec, gru4rec, itemknn, pop, sasrec" in capsys.readouterr().err
 
 
 def test_content_and_initialised_id_encoders_from_embedding_stores(data_dir, tmp_path):
@@ -301,3 +316,12 @@ def test_demo_size_model_personalises(tmp_path, model):
     b = [i[0] for i in recommend(tmp_path / "run", [f"i{i}" for i in (41, 42, 43, 45, 48)], k=10).items]
     assert a != b
     assert sum(int(x[1:]) <= 40 for x in a) >= 8 and sum(int(x[1:]) > 40 for x in b) >= 8, (a, b)
+
+
+def test_cli_train_epochs_and_device_flags(data_dir, tmp_path):
+    run = tmp_path / "flags"
+    assert 0 == _cli(["train", "--data", str(data_dir), "--model", "gru4rec", "--out", str(run), "--epochs", "2",
+                      "--device", "cpu", "--set", "train.progress=false", "--set", "train.batch_size=64"])
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["train"]["epochs"] == 2 and cfg["train"]["device"] == "cpu"
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2

@@ -58,7 +58,8 @@ def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config
         return cls.model_validate(data)
     except ValidationError as exc:
         errs = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+            (f"{'.'.join(str(x) for x in e['loc'])}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
         )
         raise InputError(errs, file=source) from None
 

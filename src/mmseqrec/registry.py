@@ -2,6 +2,8 @@
 
 * ``MODELS[name] = ModelSpec(config_cls, build_fn, extra_tokens)``: ``build_fn(cfg, dim) -> Backbone``;
   ``extra_tokens`` is the number of extra item rows the backbone needs (BERT4Rec's mask token: 1).
+  Closed-form baselines (``pop``, ``itemknn``) are entries with ``closed_form=True``: ``build_fn(cfg, n_items)
+  -> ClosedFormModel`` (no item encoder); the trainer fits them once instead of running epochs.
 * ``ITEM_ENCODERS[name] = ItemEncoderSpec(config_cls, build_fn)``:
   ``build_fn(cfg, *, n_items, extra_tokens, tensors) -> ItemEncoder``. The config class exposes
   ``embeddings() -> list[str]`` naming the embedding stores it needs; ``tensors`` maps each of those names to
@@ -27,6 +29,7 @@ import torch
 
 from .errors import InputError
 from .models.base import Backbone, ItemEncoder
+from .models.baselines import ItemKNNConfig, PopConfig, build_itemknn, build_pop
 from .models.bert4rec import BERT4Rec, BERT4RecConfig
 from .models.dmesr import DmesrConfig, build_dmesr
 from .models.gru4rec import GRU4Rec, GRU4RecConfig
@@ -49,6 +52,7 @@ class ModelSpec:
     config_cls: type
     build: Callable[[Any, int], Backbone]
     extra_tokens: int = 0
+    closed_form: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ MODELS: dict[str, ModelSpec] = {
     "sasrec": ModelSpec(SASRecConfig, SASRec),
     "bert4rec": ModelSpec(BERT4RecConfig, BERT4Rec, extra_tokens=1),
     "gru4rec": ModelSpec(GRU4RecConfig, GRU4Rec),
+    "pop": ModelSpec(PopConfig, build_pop, closed_form=True),
+    "itemknn": ModelSpec(ItemKNNConfig, build_itemknn, closed_form=True),
 }
 
 ITEM_ENCODERS: dict[str, ItemEncoderSpec] = {

@@ -6,10 +6,25 @@ import sys
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from ..errors import MmseqrecError
 
+
+class _Group(TyperGroup):
+    """Every command's :class:`MmseqrecError` becomes one ``error: ...`` line on stderr and exit code 2, also
+    when the app is invoked in-process (``typer.testing.CliRunner``), not only through :func:`main`."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MmseqrecError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     name="mmseqrec",
     help=(
         "Multimodal sequential recommendation enhanced by multimodal LLMs.\n\n"
@@ -22,8 +37,24 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"mmseqrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version,
+                                 is_eager=True),
+) -> None:
+    """Multimodal sequential recommendation enhanced by multimodal LLMs."""
+
 # Explicit table of command modules (no auto-discovery). Each module exposes ``register(app)``.
-_COMMAND_MODULES = ("data", "enrich", "embed", "train", "evaluate", "experiment")
+_COMMAND_MODULES = ("data", "enrich", "embed", "train", "evaluate", "experiment", "serve")
 
 
 def _register_all() -> None:

@@ -56,7 +56,13 @@ def prepare_cmd(
     ] = None,
     dedup: Annotated[str, typer.Option(help="Repeated (user, item) pairs: all, first or last.")] = "all",
     min_rating: Annotated[float | None, typer.Option(help="Keep interactions with rating >= this.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out directory.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace an existing --out directory. Derived data (enrich/, embed/) is kept when the "
+            "interactions and items are unchanged, else moved to OUT.derived-<time>/; never deleted."
+        ),
+    ] = False,
     download: Annotated[
         str | None,
         typer.Option(
@@ -128,8 +134,11 @@ def prepare_cmd(
         },
         source="command line",
     )
-    ds = prepare(format, paths, out, overwrite=overwrite, config=cfg, reader_options=ropts)
+    notes: list[str] = []
+    ds = prepare(format, paths, out, overwrite=overwrite, config=cfg, reader_options=ropts, notes=notes)
     m = ds.manifest
+    for note in notes:
+        Console(stderr=True).print(f"[bold]note:[/] {note}", highlight=False, soft_wrap=True)
     Console().print(
         f"wrote {ds.path}: {m['n_users']:,} users, {m['n_items']:,} items, "
         f"{m['n_interactions']:,} interactions",
@@ -144,13 +153,14 @@ def _short(value: Any) -> str:
 
 
 def info_cmd(path: Annotated[Path, typer.Argument(help="A prepared dataset directory.")]) -> None:
-    """Print the manifest of a dataset directory as a table."""
+    """Print the manifest of a dataset directory and its statistics (sequence lengths, sparsity) as a table."""
     from rich.console import Console
     from rich.table import Table
 
     from ..data import DatasetDir
 
-    m = DatasetDir(path).manifest
+    ds = DatasetDir(path)
+    m = ds.manifest
     table = Table(title=str(path), show_header=True)
     table.add_column("key", style="bold")
     table.add_column("value", overflow="fold")
@@ -167,6 +177,11 @@ def info_cmd(path: Annotated[Path, typer.Argument(help="A prepared dataset direc
         if key in m:
             v = m[key]
             table.add_row(key, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+    st = ds.stats()
+    table.add_row("sequence length", f"min {st['len_min']:,}, median {st['len_median']:g}, "
+                  f"mean {st['len_mean']:.2f}, max {st['len_max']:,} (interactions per user)")
+    table.add_row("interactions per item", f"median {st['item_inter_median']:g}")
+    table.add_row("sparsity", f"{st['sparsity']:.4%} of user x item pairs empty")
     filters = m.get("filters") or []
     if not filters:
         table.add_row("filters", "none")

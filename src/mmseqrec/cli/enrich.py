@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["enrich_cmd", "register"]
+__all__ = ["enrich_cmd", "print_summary", "register"]
 
 
 def enrich_cmd(
@@ -21,8 +21,11 @@ def enrich_cmd(
                                               "vllm) or served model name (openai).")] = None,
     revision: Annotated[str | None, typer.Option(help="Model revision (part of the cache key).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="Only the first N items (or users).")] = None,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry generations that failed before.")]
-    = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed/--keep-failed", help="Generate again what failed in "
+                                               "an earlier run (default), or serve those failures from the cache.")]
+    = True,
+    max_consecutive_failures: Annotated[int, typer.Option(help="Stop (exporting nothing) after this many failed "
+                                                          "generations in a row; 0 = never.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Requests per generate call (one cache commit each).")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Generated tokens per request.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy (default).")] = 0.0,
@@ -30,13 +33,15 @@ def enrich_cmd(
     = "recurrent",
     block_size: Annotated[int, typer.Option(help="Items per block in recurrent mode.")] = 3,
     max_history: Annotated[int, typer.Option(help="Most recent training items per user (0 = all).")] = 20,
-    image_kind: Annotated[str, typer.Option(help="Fills MLLM-MSR's 'this image, which is ...'.")]
-    = "a cover of a video",
+    image_kind: Annotated[str | None, typer.Option(help="Fills MLLM-MSR's 'this image, which is ...' (default: from "
+                                                   "the dataset, e.g. 'a picture of a product'; MicroLens: "
+                                                   "'a cover of a video').")] = None,
     api_base: Annotated[str, typer.Option(help="openai: server base URL.")] = "http://127.0.0.1:8000/v1",
     api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the API key.")]
     = "OPENAI_API_KEY",
     concurrency: Annotated[int, typer.Option(help="openai: parallel requests.")] = 8,
     timeout: Annotated[float, typer.Option(help="openai: seconds per request.")] = 120.0,
+    retries: Annotated[int, typer.Option(help="openai: retries of a request (timeouts, 429, 5xx).")] = 4,
     max_pixels: Annotated[int, typer.Option(help="Images are resized to at most this many pixels.")] = 448 * 448,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads (offline default: half the cores).")] = None,
@@ -44,34 +49,67 @@ def enrich_cmd(
 ) -> None:
     """Generate item descriptions / views / keywords or user preferences into DATA/enrich/TASK.parquet.
 
-    Resumable: finished generations live in DATA/enrich/cache.sqlite and are never recomputed.
+    Resumable: finished generations live in DATA/enrich/cache.sqlite and are never recomputed. Exits 1 when
+    no generation succeeded; stops early (exit 2) when the backend cannot be reached or fails many in a row.
     """
-    from rich.console import Console
-    from rich.table import Table
 
     from ..config import validate_config
     from ..enrich.runner import EnrichConfig, run_enrich
 
     cfg = validate_config(EnrichConfig, {
         "task": task, "limit": limit, "retry_failed": retry_failed, "mode": mode, "block_size": block_size,
+        "max_consecutive_failures": max_consecutive_failures,
         "max_history": max_history, "image_kind": image_kind,
         "backend": {"backend": backend, "model": model, "revision": revision, "batch_size": batch_size,
                     "device": device, "threads": threads, "max_pixels": max_pixels, "api_base": api_base, "api_key_env": api_key_env,
-                    "concurrency": concurrency, "timeout_s": timeout,
+                    "concurrency": concurrency, "timeout_s": timeout, "retries": retries,
                     "decoding": {"max_new_tokens": max_new_tokens, "temperature": temperature}},
     }, source="command line")
     res = run_enrich(data, cfg, progress=progress)
+    print_summary(res)
+    if res.counts["ok"] == 0 and res.counts["failed"] > 0:
+        from rich.console import Console
+
+        reasons = "; ".join(res.info["failure_reasons"])
+        Console(stderr=True).print(f"[bold red]error:[/] no generation succeeded ({res.counts['failed']} failed); "
+                                   f"first reasons: {reasons}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def print_summary(res) -> None:
+    """The run summary: items (or users), views, what this run generated and why rows were skipped or failed."""
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
-    t = Table(title=f"enrich {res.task} ({res.info['backend']}: {res.info['model_id']})")
-    for c in ("ok", "failed", "skipped", "generated now", "from cache", "items/s"):
-        t.add_column(c, justify="right")
-    rate = res.generated / res.seconds if res.seconds > 0 and res.generated else 0.0
-    t.add_row(str(res.counts["ok"]), str(res.counts["failed"]), str(res.counts["skipped"]), str(res.generated),
-              str(res.cached), f"{rate:.2f}")
+    info = res.info
+    units, run = info["units"], info["this_run"]
+    unit = units["kind"]
+    t = Table(title=f"enrich {res.task} ({info['backend']}: {info['model_id']})")
+    for c in ("", "total", "ok", "failed", "skipped"):
+        t.add_column(c, justify="left" if not c else "right")
+    t.add_row(unit, str(units["total"]), str(units["ok"]), str(units["failed"]), str(units["skipped"]))
+    for view, c in (info.get("views") or {}).items():
+        t.add_row(f"view {view}", str(sum(c.values())), str(c["ok"]), str(c["failed"]), str(c["skipped"]))
     console.print(t)
-    if res.info.get("stand_in"):
-        console.print(f"note: {res.info['stand_in']}", highlight=False)
-    console.print(f"wrote {res.parquet}", highlight=False, soft_wrap=True)
+    lines = [(f"this run: {run['generated']} generated ({run['failed']} failed), {run['from_cache']} from cache; "
+              f"{run['seconds']:.1f} s, {run[f'{unit}_per_s']:.2f} {unit}/s "
+              f"({run['generations_per_s']:.2f} generations/s)")]
+    if units["beyond_limit"]:
+        lines.append(f"{units['beyond_limit']} {unit} beyond --limit (not processed)")
+    other = {k: v for k, v in info["skipped_reasons"].items() if k != "beyond --limit"}
+    if other:
+        lines.append("skipped rows: " + ", ".join(f"{k} ({v})" for k, v in other.items()))
+    if info["failure_reasons"]:
+        lines.append("failed: " + "; ".join(f"{k} ({v})" for k, v in info["failure_reasons"].items()))
+    if run["failed_from_cache"]:
+        lines.append(f"{run['failed_from_cache']} failure(s) served from the cache (--keep-failed); run without "
+                     "that flag to generate them again")
+    if info.get("stand_in"):
+        lines.append(f"note: {info['stand_in']}")
+    lines.append(f"wrote {res.parquet}")
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -34,38 +34,62 @@ def register(app: typer.Typer) -> None:
             "--metric", "-m", help="Metric(s) to test, e.g. NDCG@10 (repeatable; default: all).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
         protocol: Annotated[str | None, typer.Option(
-            "--protocol", help="Compare the runs re-scored under this protocol (RUN/eval-<protocol>.json and "
-                               "ranks-<protocol>.parquet; default: the protocol each run was trained with).")] = None,
+            "--protocol", help="Compare the runs scored under this protocol (metrics.json, or the re-score "
+                               "RUN/eval-<protocol>[-exclhist].json written by `mmseqrec evaluate`; default: the "
+                               "protocol each run was trained with).")] = None,
+        exclude_history: Annotated[bool | None, typer.Option(
+            "--exclude-history/--include-history",
+            help="Compare the scores with the user's earlier items removed from (or kept in) the candidates "
+                 "(default: each run's own setting). Refuses when a run was not scored so.")] = None,
+        p_adjust: Annotated[str, typer.Option(
+            "--p-adjust", help="Adjust the Wilcoxon p over the metrics compared: holm | bh | none.")] = "holm",
     ) -> None:
-        """Paired comparison of two runs' test ranks: deltas (B - A) with Wilcoxon and t-test p-values."""
+        """Paired comparison of two runs' test ranks: deltas (B - A) with Wilcoxon (raw and adjusted) and
+        t-test p-values; the unit is the test case (user, target), as in `mmseqrec experiment` reports."""
+        from ..errors import InputError
         from ..evaluate.report import compare_runs, load_run_result
 
-        a, b = load_run_result(run_a, protocol), load_run_result(run_b, protocol)
-        rows = compare_runs(a, b, metric or None)
+        if p_adjust not in ("holm", "bh", "none"):
+            raise InputError(f"unknown adjustment {p_adjust!r}; choose holm, bh or none", field="--p-adjust")
+        a = load_run_result(run_a, protocol, exclude_history)
+        b = load_run_result(run_b, protocol, exclude_history)
+        rows = compare_runs(a, b, metric or None, p_adjust=p_adjust)
         if as_json:
             typer.echo(json.dumps({"a": str(run_a), "b": str(run_b), "protocol": a.setting, "rows": rows},
                                   indent=2))
             return
         table = Table(title=f"{a.name} (A) vs {b.name} (B) — {a.setting}, n={rows[0]['n']} paired cases")
-        for col in ("metric", "A", "B", "delta", "p (Wilcoxon)", "p (t-test)"):
+        adj = {"holm": "Holm", "bh": "BH", "none": "unadjusted"}[p_adjust]
+        for col in ("metric", "A", "B", "delta", "p (Wilcoxon)", f"p ({adj})", "p (t-test)"):
             table.add_column(col, justify="left" if col == "metric" else "right")
         for r in rows:
-            style = "green" if r["delta"] > 0 and r["p_wilcoxon"] < 0.05 else (
-                "red" if r["delta"] < 0 and r["p_wilcoxon"] < 0.05 else None)
+            style = "green" if r["delta"] > 0 and r["p_adj"] < 0.05 else (
+                "red" if r["delta"] < 0 and r["p_adj"] < 0.05 else None)
             table.add_row(r["metric"], f"{r['a']:.4f}", f"{r['b']:.4f}", f"{r['delta']:+.4f}",
-                          _fmt_p(r["p_wilcoxon"]), _fmt_p(r["p_ttest"]), style=style)
+                          _fmt_p(r["p_wilcoxon"]), _fmt_p(r["p_adj"]), _fmt_p(r["p_ttest"]), style=style)
         Console(width=120).print(table)
 
     @app.command("report")
     def report_cmd(
-        runs: Annotated[list[Path], typer.Argument(help="Run directories (e.g. one per seed).")],
+        runs: Annotated[list[Path], typer.Argument(
+            help="Run directories (e.g. one per seed); with --out also experiment folders.")],
         one_group: Annotated[bool, typer.Option(
             "--one-group", help="Aggregate all runs together instead of grouping by config minus seed.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Write one self-contained HTML report here instead (runs and/or experiment "
+                                "folders: results table with significance, training curves, long-tail breakdown, "
+                                "example recommendations with images).")] = None,
     ) -> None:
-        """Mean +- std of test metrics across runs of the same config (differing only by seed)."""
+        """Mean +- std of test metrics across runs of the same config (differing only by seed); with --out, an
+        HTML report of runs and experiment folders."""
         from ..evaluate.report import aggregate_runs
 
+        if out is not None:
+            from ..serve.html_report import write_html_report
+
+            typer.echo(f"wrote {write_html_report(list(runs), out)}")
+            return
         groups = aggregate_runs(list(runs), by_config=not one_group)
         if as_json:
             typer.echo(json.dumps(groups, indent=2))
@@ -108,8 +132,12 @@ def register(app: typer.Typer) -> None:
 
         if not (run / "ranks.parquet").exists() or not (run / "config.yaml").exists():
             raise InputError("not a trained run directory (needs ranks.parquet and config.yaml)", file=run)
+        from ..train.run import check_data
+
         cfg = load_experiment(run / "config.yaml")
-        split = leave_one_out(DatasetDir(cfg.data.path).sequences, cfg.data.min_len)
+        ds = DatasetDir(cfg.data.path)
+        check_data(run, ds)  # the dataset at the recorded path may have been re-prepared since
+        split = leave_one_out(ds.sequences, cfg.data.min_len)
         if popularity not in ("train", "all"):
             raise InputError(f"--popularity must be train or all, got {popularity!r}", field="--popularity")
         lt = LongTailConfig.preset(preset, popularity=popularity)  # type: ignore[arg-type]

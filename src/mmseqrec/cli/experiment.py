@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
         """Run every (dataset, variant, backbone, seed) of GRID_FILE, then write a results table.
 
         Resumable: finished runs are skipped, interrupted runs resume, re-scored protocols are reused.
-        The table gives mean ± std over seeds and paired Wilcoxon p-values against the baseline variant;
+        The table gives mean ± std over seeds and paired Wilcoxon p-values against the baseline variant (unit:
+        the user's test case, metric averaged over seeds per case; raw and Holm-adjusted over each table);
         model selection always uses validation data under the first protocol.
         """
         from rich.console import Console

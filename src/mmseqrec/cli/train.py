@@ -28,7 +28,7 @@ def build_experiment(config: Path | None = None, data: Path | None = None, model
     from ..train.config import ExperimentConfig
 
     raw: dict[str, Any] = json.loads(json.dumps(base or {}))
-    source = "config"
+    source = "options (--set and flags)"
     if config is not None:
         source = str(config)
         if not config.exists():
@@ -75,21 +75,29 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
         data: Annotated[Path | None, typer.Option("--data", "-d", help="Prepared dataset directory.")] = None,
-        model: Annotated[str | None, typer.Option("--model", "-m", help="sasrec | bert4rec | gru4rec")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", help="sasrec | bert4rec | gru4rec | pop | itemknn")] = None,
         protocol: Annotated[str | None, typer.Option(help="full | sampled:N | candidates:N ...")] = None,
         config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML.")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override key.sub=value.")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+        epochs: Annotated[int | None, typer.Option(help="Maximum epochs (train.epochs; early stopping on "
+                                                   "validation may end sooner).")] = None,
+        device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (train.device).")] = None,
         resume: Annotated[bool, typer.Option(help="Continue RUN from its last checkpoint.")] = False,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
     ) -> None:
-        """Train a sequence model; writes RUN/metrics.json, config.yaml, model.safetensors, log.jsonl."""
+        """Train a sequence model; writes RUN/metrics.json, config.yaml, model.safetensors, log.jsonl.
+
+        Example: mmseqrec train --data DATA --model sasrec --out RUN --epochs 20 --device cpu
+        """
         from ..train.trainer import Trainer
 
         base = None
         if resume and config is None and (out / "config.yaml").exists():
             base = yaml.safe_load((out / "config.yaml").read_text())
-        cfg = build_experiment(config, data, model, protocol, seed, set_, base=base)
+        flags = ([f"train.epochs={epochs}"] if epochs is not None else []) + \
+            ([f"train.device={device}"] if device is not None else [])
+        cfg = build_experiment(config, data, model, protocol, seed, [*flags, *(set_ or [])], base=base)
         metrics = Trainer(cfg, out, resume=resume, overwrite=overwrite).fit()
         console.print(_metrics_table(f"test ({metrics['protocol']}, best epoch {metrics['best_epoch']})",
                                      metrics["test"]))
@@ -99,59 +107,65 @@ def register(app: typer.Typer) -> None:
     def evaluate_cmd(
         run: Annotated[Path, typer.Argument(help="Run directory written by `mmseqrec train`.")],
         protocol: Annotated[str | None, typer.Option(help="Protocol (default: the run's).")] = None,
-        split: Annotated[str, typer.Option(help="test | valid")] = "test",
+        split: Annotated[str, typer.Option(help="test | valid | both")] = "test",
         exclude_history: Annotated[bool | None, typer.Option(
             "--exclude-history/--include-history", help="Default: the run's setting.")] = None,
         data: Annotated[Path | None, typer.Option(help="Dataset directory (default: the run's).")] = None,
         device: Annotated[str | None, typer.Option(help="cpu | cuda (default: the run's).")] = None,
+        force: Annotated[bool, typer.Option(help="Score --data even if it is not the run's dataset.")] = False,
     ) -> None:
-        """Re-score a trained run (best checkpoint); writes RUN/eval-<protocol>.json and ranks-<protocol>.parquet."""
-        from ..data.split import leave_one_out
+        """Re-score a trained run (best checkpoint); writes RUN/eval-<protocol>[-exclhist].json and
+        ranks-<protocol>[-exclhist][-valid].parquet (the files `compare --protocol` and `experiment` read)."""
         from ..evaluate import Protocol
-        from ..evaluate.protocol import protocol_slug
-        from ..fileio import atomic_write_json
-        from ..train.run import item_popularity, load_run
-        from ..train.trainer import evaluate_model
+        from ..evaluate.runfiles import eval_stem
+        from ..experiment.runner import rescore_run
 
-        if split not in ("test", "valid"):
-            raise InputError(f"unknown split {split!r}; choose test or valid", field="--split")
-        loaded = load_run(run, device=device, data_dir=data)
-        cfg = loaded.config
-        proto = str(Protocol.parse(protocol or cfg.eval.protocol))
-        sp = leave_one_out(loaded.dataset.sequences, cfg.data.min_len)
-        res = evaluate_model(loaded.model, sp.test if split == "test" else sp.valid, sp, cfg, loaded.device,
-                             protocol=proto, exclude_history=exclude_history,
-                             popularity=item_popularity(sp.seqs, sp.train_end))
-        excl = cfg.eval.exclude_history if exclude_history is None else exclude_history
-        name = f"eval-{protocol_slug(proto)}" + ("" if split == "test" else "-valid")
-        res.save_ranks(run / f"ranks-{protocol_slug(proto)}{'' if split == 'test' else '-valid'}.parquet")
-        atomic_write_json(run / f"{name}.json", {"protocol": str(res.protocol), "split": split,
-                                                 "exclude_history": excl, "metrics": res.metrics})
-        console.print(_metrics_table(f"{split} ({res.protocol})", res.metrics))
-        console.print(f"wrote {run / (name + '.json')}")
+        if split not in ("test", "valid", "both"):
+            raise InputError(f"unknown split {split!r}; choose test, valid or both", field="--split")
+        proto = str(Protocol.parse(protocol)) if protocol is not None else None
+        splits = ("valid", "test") if split == "both" else (split,)
+        rec = rescore_run(run, proto, exclude_history=exclude_history, splits=splits, device=device, data_dir=data,
+                          reuse=False, force=force)
+        for sp in splits:
+            console.print(_metrics_table(f"{sp} ({rec['protocol']}"
+                                         + (", history excluded" if rec["exclude_history"] else "") + ")", rec[sp]))
+        console.print(f"wrote {run / ('eval-' + eval_stem(rec['protocol'], rec['exclude_history']) + '.json')}")
 
     @app.command("recommend")
     def recommend_cmd(
         run: Annotated[Path, typer.Argument(help="Run directory written by `mmseqrec train`.")],
-        history: Annotated[str, typer.Option(help="Original item ids, oldest first, comma-separated.")] = "",
-        k: Annotated[int, typer.Option("-k", "--k", help="Number of items.")] = 10,
+        history: Annotated[str | None, typer.Option(help="Original item ids, oldest first, comma-separated.")]
+        = None,
+        k: Annotated[int, typer.Option("-k", "--k", help="Number of items (at least 1).")] = 10,
         include_seen: Annotated[bool, typer.Option(help="Allow items of the history.")] = False,
+        cold: Annotated[str, typer.Option(help="No known history id: 'error' (default) or 'popularity' (the most "
+                                          "popular training items, labelled as such).")] = "error",
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+        data: Annotated[Path | None, typer.Option(help="Dataset directory (default: the run's).")] = None,
+        force: Annotated[bool, typer.Option(help="Use --data even if it is not the run's dataset.")] = False,
     ) -> None:
         """Print the top-K items with scores for a history of original item ids."""
         from ..serve.recommend import recommend
 
-        items = [h.strip() for h in history.split(",") if h.strip()]
-        res = recommend(run, items, k=k, exclude_seen=not include_seen)
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}", field="-k")
+        items = [h.strip() for h in (history or "").split(",") if h.strip()]
+        res = recommend(run, items, k=k, exclude_seen=not include_seen, cold=cold,  # type: ignore[arg-type]
+                        data_dir=data, force=force)
         if as_json:
-            typer.echo(json.dumps({"items": [{"item_id": i, "title": t, "score": s} for i, t, s in res.items],
+            typer.echo(json.dumps({"source": res.source,
+                                   "items": [{"item_id": i, "title": t, "score": s} for i, t, s in res.items],
                                    "unknown": res.unknown}))
             return
         if res.unknown:
             console.print(f"[yellow]unknown item ids (ignored):[/] {', '.join(res.unknown)}", highlight=False)
-        table = Table(title=f"top {len(res.items)}")
-        for col, just in (("#", "right"), ("item", "left"), ("title", "left"), ("score", "right")):
+        pop = res.source == "popularity"
+        title = (f"top {len(res.items)} by POPULARITY (no known history; score = training interactions)" if pop
+                 else f"top {len(res.items)}")
+        table = Table(title=title)
+        for col, just in (("#", "right"), ("item", "left"), ("title", "left"),
+                          ("interactions" if pop else "score", "right")):
             table.add_column(col, justify=just)  # type: ignore[arg-type]
-        for rank, (item, title, score) in enumerate(res.items, 1):
-            table.add_row(str(rank), item, title, f"{score:.4f}")
+        for rank, (item, title_, score) in enumerate(res.items, 1):
+            table.add_row(str(rank), item, title_, f"{score:.0f}" if pop else f"{score:.4f}")
         console.print(table)

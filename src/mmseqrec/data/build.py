@@ -8,11 +8,19 @@ number of such items is recorded (``titles_defaulted``).
 
 The new directory is built in a temporary sibling and renamed into place only when complete, so a failure
 leaves nothing half-written at ``out``.
+
+``overwrite`` never deletes derived data (``enrich/`` with its generation cache, ``embed/``, anything else a
+later stage wrote into the directory): when the new ``interactions.parquet`` and ``items.parquet`` are identical
+to the old ones (same sha256 in the manifests) it is carried over into the new directory; otherwise it is moved
+to ``DIR.derived-<UTC time>/`` beside it, since it describes the previous data. Either way a note says so.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -157,6 +165,47 @@ def _items_table(item_ids: pl.Series, items: pl.DataFrame | None) -> tuple[pl.Da
     return table.select(front + [c for c in table.columns if c not in front]), int(missing)
 
 
+_OWN = (INTERACTIONS, ITEMS, USERS, MANIFEST)
+
+
+def _stage_derived(old: Path, new: Path) -> Path | None:
+    """Move what later stages wrote into ``old`` (entries the new build ``new`` does not have) to a clearly named
+    sibling ``OLD.derived-<UTC time>``; ``None`` when there is nothing to keep."""
+    if not old.is_dir():
+        return None
+    keep = [p for p in sorted(old.iterdir()) if p.name not in _OWN and not (new / p.name).exists()
+            and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    if not keep:
+        return None
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    staged = old.with_name(f"{old.name}.derived-{stamp}")
+    n = 1
+    while staged.exists():
+        n += 1
+        staged = old.with_name(f"{old.name}.derived-{stamp}-{n}")
+    staged.mkdir()
+    for p in keep:
+        os.replace(p, staged / p.name)
+    return staged
+
+
+def _unstage(staged: Path, into: Path) -> list[str]:
+    names = sorted(p.name for p in staged.iterdir())
+    for name in names:
+        os.replace(staged / name, into / name)
+    staged.rmdir()
+    return names
+
+
+def _same_data(old_manifest: Path, new_manifest: dict[str, Any]) -> bool:
+    try:
+        old = json.loads(old_manifest.read_text()).get("outputs") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    new = new_manifest.get("outputs") or {}
+    return all(old.get(n) and old.get(n) == new.get(n) for n in (INTERACTIONS, ITEMS))
+
+
 def prepare_raw(
     raw: RawData,
     out: str | Path,
@@ -166,8 +215,11 @@ def prepare_raw(
     reader_options: ReaderOptions | None = None,
     inputs: list[dict[str, Any]] | None = None,
     extra_manifest: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> DatasetDir:
-    """Turn reader output into a dataset directory (see the module docstring for the id and order rules)."""
+    """Turn reader output into a dataset directory (see the module docstring for the id and order rules and
+    what ``overwrite`` does with derived data). Messages for the user are appended to ``notes`` (printed to
+    stderr when it is ``None``)."""
     cfg = config or PrepareConfig()
     out = Path(out)
     if out.exists() and not overwrite:
@@ -207,46 +259,72 @@ def prepare_raw(
     )
     items, defaulted = _items_table(item_order.gather(i_codes), raw.items)
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        inter.write_parquet(tmp / INTERACTIONS, statistics=True)
-        items.write_parquet(tmp / ITEMS)
-        users.write_parquet(tmp / USERS)
-        if raw.assets is not None:
-            raw.assets(tmp)
-        if hasher is not None:
-            hasher.join()
-            if hasher.error is not None:
-                raise InputError(f"cannot hash the inputs: {hasher.error}")
-            inputs = hasher.result
-        outputs = {name: sha256_file(tmp / name) for name in (INTERACTIONS, ITEMS, USERS)}
-        manifest: dict[str, Any] = {
-            "format": raw.format,
-            "source": [str(p) for p in raw.source_files],
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "n_users": int(u_codes.size),
-            "n_items": int(i_codes.size),
-            "n_interactions": int(inter.height),
-            "n_raw_interactions": int(n_raw),
-            "has_rating": "rating" in inter.columns,
-            "filters": filters,
-            "prepare": cfg.model_dump(mode="json"),
-            "reader": {
-                **(reader_options.model_dump(mode="json") if reader_options else {}),
-                **{k: v for k, v in raw.options.items()},
-            },
-            "labels": dict(raw.labels),
-            "id_assignment": ID_ASSIGNMENT,
-            "order": "user, timestamp, file order",
-            "titles_defaulted": defaulted,
-            "item_columns": items.columns,
-            "split": dict(SPLIT_DEFAULT),
-            "inputs": inputs or [],
-            "outputs": outputs,
-        }
-        if extra_manifest:
-            manifest.update(extra_manifest)
-        atomic_write_json(tmp / MANIFEST, manifest)
+    kept: dict[str, Any] = {}
+    try:
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            inter.write_parquet(tmp / INTERACTIONS, statistics=True)
+            items.write_parquet(tmp / ITEMS)
+            users.write_parquet(tmp / USERS)
+            if raw.assets is not None:
+                raw.assets(tmp)
+            if hasher is not None:
+                hasher.join()
+                if hasher.error is not None:
+                    raise InputError(f"cannot hash the inputs: {hasher.error}")
+                inputs = hasher.result
+            outputs = {name: sha256_file(tmp / name) for name in (INTERACTIONS, ITEMS, USERS)}
+            manifest: dict[str, Any] = {
+                "format": raw.format,
+                "source": [str(p) for p in raw.source_files],
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "n_users": int(u_codes.size),
+                "n_items": int(i_codes.size),
+                "n_interactions": int(inter.height),
+                "n_raw_interactions": int(n_raw),
+                "has_rating": "rating" in inter.columns,
+                "filters": filters,
+                "prepare": cfg.model_dump(mode="json"),
+                "reader": {
+                    **(reader_options.model_dump(mode="json") if reader_options else {}),
+                    **{k: v for k, v in raw.options.items()},
+                },
+                "labels": dict(raw.labels),
+                "id_assignment": ID_ASSIGNMENT,
+                "order": "user, timestamp, file order",
+                "titles_defaulted": defaulted,
+                "item_columns": items.columns,
+                "split": dict(SPLIT_DEFAULT),
+                "inputs": inputs or [],
+                "outputs": outputs,
+            }
+            if extra_manifest:
+                manifest.update(extra_manifest)
+            atomic_write_json(tmp / MANIFEST, manifest)
+            if overwrite:
+                kept["same"] = _same_data(out / MANIFEST, manifest)
+                kept["staged"] = _stage_derived(out, tmp)
+    except BaseException:
+        if kept.get("staged") is not None and out.is_dir():  # the swap did not happen: put it back
+            _unstage(kept["staged"], out)
+        raise
+    if kept.get("staged") is not None:
+        _report_derived(out, kept["staged"], kept["same"], notes)
     return DatasetDir(out)
+
+
+def _report_derived(out: Path, staged: Path, same: bool, notes: list[str] | None) -> None:
+    if same:
+        names = _unstage(staged, out)
+        msg = (f"kept {', '.join(n + '/' if (out / n).is_dir() else n for n in names)} in {out}: the interactions "
+               "and items are unchanged")
+    else:
+        msg = (f"the interactions or items changed, so the previous derived data "
+               f"({', '.join(sorted(p.name for p in staged.iterdir()))}) no longer matches {out}: moved it to "
+               f"{staged} (nothing was deleted)")
+    if notes is None:
+        print(f"note: {msg}", file=sys.stderr)
+    else:
+        notes.append(msg)
 
 
 def prepare(
@@ -257,6 +335,7 @@ def prepare(
     overwrite: bool = False,
     config: PrepareConfig | None = None,
     reader_options: ReaderOptions | None = None,
+    notes: list[str] | None = None,
     **options: Any,
 ) -> DatasetDir:
     """Read ``paths`` in ``format``, filter and write a dataset directory at ``out``.
@@ -271,6 +350,8 @@ def prepare(
         The dataset directory to create (error if it exists, unless ``overwrite``).
     config, reader_options
         Typed options; ``**options`` may instead name fields of either (``min_user_inter=5``, ``user_col=...``).
+    notes
+        Messages for the user (what ``overwrite`` did with derived data) are appended here; ``None``: stderr.
 
     Returns
     -------
@@ -303,4 +384,4 @@ def prepare(
             "output directory already exists (pass --overwrite to replace it)", file=out, field="--out"
         )
     raw = read_raw(format, paths, ropts)
-    return prepare_raw(raw, out, config=cfg, overwrite=overwrite, reader_options=ropts)
+    return prepare_raw(raw, out, config=cfg, overwrite=overwrite, reader_options=ropts, notes=notes)

@@ -94,28 +94,65 @@ class DatasetDir:
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
-        return json.loads((self.path / MANIFEST).read_text())
+        path = self.path / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            line = getattr(exc, "lineno", None)
+            raise InputError(f"unreadable manifest ({type(exc).__name__}); re-run `mmseqrec prepare`",
+                             file=path, line=line) from None
+        if not isinstance(data, dict):
+            raise InputError("the manifest must be a JSON object; re-run `mmseqrec prepare`", file=path)
+        return data
+
+    def _table(self, name: str) -> pl.DataFrame:
+        try:
+            return pl.read_parquet(self.path / name)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(f"corrupt or truncated Parquet ({reason}); re-run `mmseqrec prepare`",
+                             file=self.path / name) from None
 
     @cached_property
     def interactions(self) -> pl.DataFrame:
-        return pl.read_parquet(self.path / INTERACTIONS)
+        return self._table(INTERACTIONS)
 
     @cached_property
     def items(self) -> pl.DataFrame:
-        return pl.read_parquet(self.path / ITEMS)
+        return self._table(ITEMS)
 
     @cached_property
     def users(self) -> pl.DataFrame | None:
-        p = self.path / USERS
-        return pl.read_parquet(p) if p.exists() else None
+        return self._table(USERS) if (self.path / USERS).exists() else None
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """What identifies this dataset's content: ``sha256`` over the sha256 of ``interactions.parquet`` and
+        ``items.parquet`` (from the manifest's ``outputs`` when recorded, else hashed now), plus the counts.
+        Recorded in every run and eval file so that a model is never silently scored on other data."""
+        import hashlib
+
+        from ..fileio import sha256_file
+
+        outputs = self.manifest.get("outputs") or {}
+        parts = [outputs.get(n) or sha256_file(self.path / n) for n in (INTERACTIONS, ITEMS)]
+        digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return {"sha256": digest, "n_users": self.n_users, "n_items": self.n_items}
+
+    def _count(self, key: str) -> int:
+        try:
+            return int(self.manifest[key])
+        except (KeyError, TypeError, ValueError):
+            raise InputError("missing or invalid count; re-run `mmseqrec prepare`", file=self.path / MANIFEST,
+                             field=key) from None
 
     @property
     def n_users(self) -> int:
-        return int(self.manifest["n_users"])
+        return self._count("n_users")
 
     @property
     def n_items(self) -> int:
-        return int(self.manifest["n_items"])
+        return self._count("n_items")
 
     @cached_property
     def sequences(self) -> SequenceData:
@@ -124,6 +161,24 @@ class DatasetDir:
             df["user"].to_numpy(), df["item"].to_numpy(), df["timestamp"].to_numpy(),
             n_users=self.n_users, n_items=self.n_items,
         )
+
+    def stats(self) -> dict[str, float]:
+        """Sequence-length statistics per user (``len_min``, ``len_median``, ``len_mean``, ``len_max``), the
+        interactions per item (``item_inter_median``) and the sparsity ``1 - distinct (user, item) pairs /
+        (n_users * n_items)``."""
+        lengths = self.sequences.lengths[1 : self.n_users + 1]
+        df = self.interactions
+        pairs = int(df.select(pl.struct("user", "item").n_unique()).item()) if df.height else 0
+        per_item = np.bincount(df["item"].to_numpy(), minlength=self.n_items + 1)[1:]
+        cells = self.n_users * self.n_items
+        return {
+            "len_min": int(lengths.min()) if lengths.size else 0,
+            "len_median": float(np.median(lengths)) if lengths.size else 0.0,
+            "len_mean": float(lengths.mean()) if lengths.size else 0.0,
+            "len_max": int(lengths.max(initial=0)),
+            "item_inter_median": float(np.median(per_item)) if per_item.size else 0.0,
+            "sparsity": 1.0 - pairs / cells if cells else 1.0,
+        }
 
     def item_index(self) -> dict[str, int]:
         """Original item id -> internal id."""

@@ -8,11 +8,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 from ..errors import InputError, MmseqrecError
+from ..fileio import temp_sibling
 
 __all__ = [
     "GROUPLENS_URL",
@@ -76,7 +76,7 @@ def download_movielens(
     except httpx.HTTPError as exc:
         raise MmseqrecError(f"download of {url} failed: {exc}") from None
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest))
+    tmp = temp_sibling(target, directory=True)
     try:
         try:
             zf = zipfile.ZipFile(buf)

@@ -16,7 +16,7 @@ from .backends import (
 )
 from .cache import EnrichCache, make_key
 from .images import ImageFetchConfig, load_image
-from .runner import EnrichConfig, EnrichSummary, output_paths, run_enrich
+from .runner import EnrichAborted, EnrichBusy, EnrichConfig, EnrichSummary, output_paths, run_enrich
 from .tasks import TASKS, TEMPLATES, PromptTemplate
 
 __all__ = [
@@ -25,6 +25,8 @@ __all__ = [
     "TEMPLATES",
     "BackendConfig",
     "Decoding",
+    "EnrichAborted",
+    "EnrichBusy",
     "EnrichCache",
     "EnrichConfig",
     "EnrichSummary",

@@ -3,7 +3,8 @@
 One row per generation, keyed by the sha256 of (backend, model id + revision, template id + version, decoding
 parameters, prompt text, image bytes hash). The database runs in WAL mode and each finished batch is one
 transaction, so killing the process loses at most the batch in flight and never a finished one. Failures are
-stored with their reason; they are served from the cache like successes unless the caller asks to retry them.
+stored with their reason; the runner generates them again on its next run (``retry_failed``, the default) or
+serves them from the cache and says so (``--keep-failed``).
 """
 
 from __future__ import annotations

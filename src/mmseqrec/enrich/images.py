@@ -5,7 +5,9 @@ A missing, oversized, mistyped or corrupt image is never an exception here: ever
 
 URLs are fetched with :mod:`httpx` (timeout, retries with exponential backoff on timeouts / 429 / 5xx, a size
 limit enforced while streaming, an ``image/*`` content-type check) and stored under ``cache_dir`` keyed by the
-sha256 of the URL; later calls read the cached file. Every result is decoded with Pillow before it is accepted.
+sha256 of the URL; later calls read the cached file. Every result is decoded with Pillow before it is accepted,
+and only after its header says it is within ``max_image_pixels`` (a 12000x12000 PNG of a few kB would otherwise
+take gigabytes to decode).
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+import warnings
 from pathlib import Path
 from typing import Any
+
+from pydantic import Field
 
 from ..config import Config
 from ..fileio import atomic_write_bytes
@@ -27,10 +32,11 @@ _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 class ImageFetchConfig(Config):
     """Downloader limits."""
 
-    timeout_s: float = 10.0
-    retries: int = 2
-    backoff_s: float = 0.5
-    max_bytes: int = 20 * 1024 * 1024
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(2, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)  # width x height read from the header, checked before decoding
     user_agent: str = "mmseqrec/0.1 (+image fetcher)"
 
 
@@ -81,7 +87,7 @@ def fetch_url(url: str, cache_dir: str | Path | None = None,
             reason = f"{type(exc).__name__}: {exc}".strip()
             continue
         data = bytes(buf)
-        img, why = decode_image(data)
+        img, why = decode_image(data, cfg.max_image_pixels)
         if img is None:
             return None, why
         if cpath is not None:
@@ -101,7 +107,11 @@ def load_image_bytes(ref: str | None, base_dir: str | Path, cache_dir: str | Pat
     p = Path(ref)
     if not p.is_absolute():
         p = Path(base_dir) / p
+    limit = (cfg or ImageFetchConfig()).max_bytes
     try:
+        size = p.stat().st_size
+        if size > limit:
+            return None, f"image too large: {size} bytes > {limit}"
         return p.read_bytes(), "ok"
     except FileNotFoundError:
         return None, f"image file not found: {p}"
@@ -109,22 +119,33 @@ def load_image_bytes(ref: str | None, base_dir: str | Path, cache_dir: str | Pat
         return None, f"cannot read image {p}: {exc.strerror or exc}"
 
 
-def decode_image(data: bytes | None) -> tuple[Any, str]:
-    """Decode bytes with Pillow (verify + full load) into an RGB image; ``(None, reason)`` when corrupt."""
+def decode_image(data: bytes | None, max_pixels: int | None = None) -> tuple[Any, str]:
+    """Decode bytes with Pillow (header size check, verify, full load) into an RGB image.
+
+    Returns ``(None, reason)`` when the bytes are corrupt or the header announces more than ``max_pixels``
+    pixels (default :attr:`ImageFetchConfig.max_image_pixels`); such an image is never decoded.
+    """
     if data is None:
         return None, "no image"
     from PIL import Image, UnidentifiedImageError
 
+    cap = ImageFetchConfig().max_image_pixels if max_pixels is None else max_pixels
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with warnings.catch_warnings():  # the size is checked here, below Pillow's own (warning) threshold
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            probe = Image.open(io.BytesIO(data))  # reads the header only
+        with probe:
+            w, h = probe.size
+            if cap > 0 and w * h > cap:
+                return None, f"image too large: {w}x{h} = {w * h:,} pixels > {cap:,} (not decoded)"
             probe.verify()
         img = Image.open(io.BytesIO(data))
         img.load()
         return img.convert("RGB"), "ok"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return None, f"corrupt image: {type(exc).__name__}: {exc}"[:200]
     except Image.DecompressionBombError:
         return None, "image too large (decompression bomb)"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return None, f"corrupt image: {type(exc).__name__}: {exc}"[:200]
 
 
 def load_image(ref: str | None, base_dir: str | Path, cache_dir: str | Path | None = None,
@@ -133,4 +154,4 @@ def load_image(ref: str | None, base_dir: str | Path, cache_dir: str | Path | No
     data, reason = load_image_bytes(ref, base_dir, cache_dir, cfg)
     if data is None:
         return None, reason
-    return decode_image(data)
+    return decode_image(data, (cfg or ImageFetchConfig()).max_image_pixels)

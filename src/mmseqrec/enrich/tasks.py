@@ -14,10 +14,11 @@ Tasks (named on the command line):
     From the item text (MLLM-MSR describes a text summariser but releases no prompt: reconstructed).
 ``item-views``
     DMESR's three-way prompting: the item from its image alone, its text alone, and both together (one output
-    row per item per view, ``view`` in {image, text, both}; reconstructed).
+    row per item per view, ``view`` in {image, text, both}; reconstructed). The image and both views of an item
+    without a usable image are *skipped* with the reason (never generated from the text prompt).
 ``item-keywords``
     MMSRARec's keyword summaries, image and text summarised separately to avoid modality bias (``view`` in
-    {image, text}; reconstructed: the paper's prompt table is an unreadable image).
+    {image, text}; reconstructed: the paper's prompt table is an unreadable image). Image view as above.
 ``user-preference``
     MLLM-MSR's recurrent preference summariser over blocks of ``k`` training items (``--mode recurrent``), or
     one prompt over the whole training history (``--mode direct``, the MLLM-MSR_R ablation).
@@ -48,6 +49,7 @@ __all__ = [
     "PromptTemplate",
     "Step",
     "TaskOptions",
+    "default_image_kind",
     "item_descriptions",
     "item_texts",
     "plan_task",
@@ -94,7 +96,8 @@ _T = [
         "paragraph, including content information and visual features such as colors, objects, text, and any "
         "notable elements present in the image.",
         "exact", "MLLM-MSR Inference/microlens/image_summary.py",
-        "exact with image_kind='a cover of a video' (the default); the LLaVA-Mistral '[INST] <image>\\n ... "
+        "exact with image_kind='a cover of a video' (MicroLens; pass --image-kind); the default image_kind is "
+        "derived from the dataset (default_image_kind); the LLaVA-Mistral '[INST] <image>\\n ... "
         "[/INST]' wrapper is replaced by the model's own chat template",
     ),
     PromptTemplate(
@@ -180,6 +183,26 @@ TASKS = ("item-description", "item-summary", "item-views", "item-keywords", "use
 _MSR_ITEM_LINE = "{k}. {item}: Title - '{title}', Video cover description - {visual_desc}.\n"
 _TEXT_COLUMNS = ("brand", "categories", "description", "features", "text")
 
+#: manifest ``format`` -> what an item image shows (fills MLLM-MSR's "this image, which is {image_kind}").
+_IMAGE_KINDS = {
+    "amazon2014": "a picture of a product", "amazon2018": "a picture of a product",
+    "amazon2023": "a picture of a product", "synthetic": "a picture of a product",
+    "movielens": "a poster of a movie",
+}
+NEUTRAL_IMAGE_KIND = "a picture of the item"
+
+
+def default_image_kind(ds: DatasetDir) -> tuple[str, str]:
+    """What the dataset's item images show, for ``--image-kind``: ``(kind, why)``.
+
+    From the manifest format (Amazon and synthetic: products; MovieLens: movie posters), else the neutral
+    "a picture of the item". MLLM-MSR's "a cover of a video" (MicroLens) is never assumed.
+    """
+    fmt = str(ds.manifest.get("format") or "")
+    if fmt in _IMAGE_KINDS:
+        return _IMAGE_KINDS[fmt], f"manifest format {fmt!r}"
+    return NEUTRAL_IMAGE_KIND, f"neutral (manifest format {fmt or 'not recorded'!r})"
+
 
 @dataclass
 class TaskOptions:
@@ -188,14 +211,17 @@ class TaskOptions:
     mode: Literal["recurrent", "direct"] = "recurrent"
     block_size: int = 3
     max_history: int = 20
-    image_kind: str = "a cover of a video"
+    image_kind: str = NEUTRAL_IMAGE_KIND
     max_text_chars: int = 1500
     limit: int | None = None
 
 
 @dataclass
 class Step:
-    """One generation: the template, its rendered prompt, an optional image and a text fallback."""
+    """One generation: the template, its rendered prompt, an optional image and a text fallback.
+
+    A step with an image and no ``fallback`` needs the image: without a usable one it is skipped (image views).
+    """
 
     template: PromptTemplate
     prompt: str
@@ -214,6 +240,7 @@ class Job:
     n_steps: int
     make_step: Callable[[int, str | None], Step]
     skip_reason: str | None = None
+    beyond_limit: bool = False
 
 
 def item_texts(items: pl.DataFrame, max_chars: int = 1500) -> list[str]:
@@ -279,15 +306,25 @@ def _item_jobs(ds: DatasetDir, task: str, opt: TaskOptions) -> list[Job]:
     fb_desc = T["mmseqrec/description-from-text"]
     jobs: list[Job] = []
 
-    def image_step(tpl: PromptTemplate, fields: dict, fb: PromptTemplate, ctx: dict, ref: str | None,
-                   image_only: bool = False) -> Step:
-        """An image prompt with a text fallback. ``image_only`` steps (a view "from the image alone") carry
-        no item text for text-grounded backends, so the image view never leaks the text view."""
+    def image_step(tpl: PromptTemplate, fields: dict, fb: PromptTemplate, ctx: dict, ref: str | None) -> Step:
+        """An image prompt with a text fallback (item descriptions)."""
         fb_pair = (fb, fb.render(**ctx))
         if not ref or not str(ref).strip():
             return Step(fb_pair[0], fb_pair[1], None, ctx, None, note="text fallback: no image")
-        return Step(tpl, tpl.render(**fields), str(ref), {} if image_only else ctx, fb_pair,
-                    fallback_context=ctx)
+        return Step(tpl, tpl.render(**fields), str(ref), ctx, fb_pair, fallback_context=ctx)
+
+    def view_job(item: int, view: str, tpl: PromptTemplate, fields: dict, ctx: dict, ref: str | None,
+                 image_only: bool) -> Job:
+        """A view that needs the image (no text fallback: skipped without one). ``image_only`` views ("from the
+        image alone") carry no item text for text-grounded backends, so they never leak the text view."""
+        if not ref or not str(ref).strip():
+            return Job({"item": item, "view": view}, 0, lambda r, p: None, skip_reason="no image")
+        st = Step(tpl, tpl.render(**fields), str(ref), {} if image_only else ctx)
+        return Job({"item": item, "view": view}, 1, lambda r, p, st=st: st)
+
+    def text_job(item: int, view: str, tpl: PromptTemplate, ctx: dict) -> Job:
+        st = Step(tpl, tpl.render(**ctx), None, ctx)
+        return Job({"item": item, "view": view}, 1, lambda r, p, st=st: st)
 
     for item, title, text, ref in zip(ids, titles, texts, images, strict=True):
         ctx = {"title": title, "text": text or "unknown"}
@@ -299,21 +336,12 @@ def _item_jobs(ds: DatasetDir, task: str, opt: TaskOptions) -> list[Job]:
             st = Step(tpl, tpl.render(**ctx), None, ctx)
             jobs.append(Job({"item": item}, 1, lambda r, p, st=st: st))
         elif task == "item-views":
-            tv = T["dmesr/view-text"]
-            tb = T["dmesr/view-both"]
-            steps = {
-                "image": image_step(T["dmesr/view-image"], {}, tv, ctx, ref, image_only=True),
-                "text": Step(tv, tv.render(**ctx), None, ctx),
-                "both": image_step(tb, ctx, tv, ctx, ref),
-            }
-            for view, st in steps.items():
-                jobs.append(Job({"item": item, "view": view}, 1, lambda r, p, st=st: st))
+            jobs += [view_job(item, "image", T["dmesr/view-image"], {}, ctx, ref, image_only=True),
+                     text_job(item, "text", T["dmesr/view-text"], ctx),
+                     view_job(item, "both", T["dmesr/view-both"], ctx, ctx, ref, image_only=False)]
         elif task == "item-keywords":
-            tt = T["mmsrarec/keywords-text"]
-            steps = {"image": image_step(T["mmsrarec/keywords-image"], {}, tt, ctx, ref, image_only=True),
-                     "text": Step(tt, tt.render(**ctx), None, ctx)}
-            for view, st in steps.items():
-                jobs.append(Job({"item": item, "view": view}, 1, lambda r, p, st=st: st))
+            jobs += [view_job(item, "image", T["mmsrarec/keywords-image"], {}, ctx, ref, image_only=True),
+                     text_job(item, "text", T["mmsrarec/keywords-text"], ctx)]
         else:  # pragma: no cover - guarded by plan_task
             raise ValueError(task)
     return jobs
@@ -391,4 +419,5 @@ def plan_task(ds: DatasetDir, task: str, opt: TaskOptions) -> tuple[list[Job], d
                 seen.append(rid)
             if len(seen) > opt.limit:
                 job.n_steps, job.skip_reason = 0, "beyond --limit"
+                job.beyond_limit = True
     return jobs, notes

@@ -9,11 +9,18 @@ Decisions (documented, tested):
 * ``full`` + ``exclude_history``: every item of the user's history before the target (the whole history, not
   only the last ``max_len``) is removed from the candidates, **except the target itself** when it reappears
   (a repeat purchase stays rankable).
-* ``sampled``: negatives never include any item of the user's history up to and including the target, nor the
+* ``sampled`` (and generated ``candidates:N``): negatives never include any item of the user's **whole**
+  sequence (all splits: a validation case never gets the user's later test item as a negative), nor the
   target, nor padding; drawn without replacement. ``exclude_history`` does not change sampled/candidates
   evaluation (it is only recorded).
 * The positive is placed at a random column (seeded) so that models that break ties by column order gain
-  nothing; ranks are computed from scores with the protocol's ties policy.
+  nothing; ranks are computed from scores with the protocol's ties policy. ``candidates:file=PATH`` lists are
+  used in the file's order (see :mod:`.candidates`).
+* The target is scored in the same call and the same tensor as the candidates it competes with; a score
+  function must compute every candidate's score with the same arithmetic, so that equal item vectors tie
+  exactly (``SequenceModel.score`` multiplies and sums; a batched ``einsum`` rounds differently per column).
+* Scoring runs in float32: the dtype is recorded (``scoring_dtype``; a score function may declare it with a
+  ``scoring_dtype`` attribute, otherwise the dtype of the scores it returns is recorded).
 """
 
 from __future__ import annotations
@@ -69,6 +76,10 @@ class RankingResult:
         Number of other candidates scored exactly like the target.
     ties : str
         Ties policy.
+    scoring_dtype : str
+        Floating-point type the scores were computed in (``float32``).
+    candidates_file : dict or None
+        ``{"path", "sha256", "n_negatives"}`` under ``candidates:file=PATH``.
     """
 
     protocol: str
@@ -80,6 +91,8 @@ class RankingResult:
     targets: np.ndarray
     tied: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     ties: str = "pessimistic"
+    scoring_dtype: str = "float32"
+    candidates_file: dict[str, Any] | None = None
 
     def to_frame(self) -> pl.DataFrame:
         """Polars frame ``user, target, rank, tied`` (one row per case)."""
@@ -96,30 +109,43 @@ class RankingResult:
         with atomic_path(path) as tmp:
             self.to_frame().write_parquet(tmp)
 
+    def setting(self) -> dict[str, Any]:
+        """What a result must record to be comparable: protocol, exclude_history, ties, scoring_dtype
+        (+ candidates_file)."""
+        out: dict[str, Any] = {"protocol": self.protocol, "exclude_history": bool(self.exclude_history),
+                               "ties": self.ties, "scoring_dtype": self.scoring_dtype}
+        if self.candidates_file is not None:
+            out["candidates_file"] = dict(self.candidates_file)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary: protocol, exclude_history, ties, ks and the metrics (flat)."""
+        """JSON-ready summary: :meth:`setting`, ks and the metrics (flat)."""
         return {
-            "protocol": self.protocol,
-            "exclude_history": bool(self.exclude_history),
-            "ties": self.ties,
+            **self.setting(),
             "ks": list(self.ks),
             **{k: (int(v) if k == "n_cases" else float(v)) for k, v in self.metrics.items()},
         }
 
 
-def load_ranks(path: str | Path) -> pl.DataFrame:
-    """Read a ``ranks.parquet`` (columns user, target, rank[, tied]) with a clear error when malformed."""
+def read_parquet_with(path: str | Path, columns: tuple[str, ...], what: str, missing_hint: str = ""
+                      ) -> pl.DataFrame:
+    """Read the Parquet ``what`` at ``path`` and check it has ``columns`` (one clear error otherwise)."""
     path = Path(path)
     if not path.exists():
-        raise InputError("ranks file not found (was the run evaluated?)", file=path)
+        raise InputError(f"{what} not found{missing_hint}", file=path)
     try:
         df = pl.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
-        raise InputError(f"cannot read ranks: {exc}", file=path) from None
-    for col in ("user", "target", "rank"):
+        raise InputError(f"cannot read the {what} as Parquet: {exc}", file=path) from None
+    for col in columns:
         if col not in df.columns:
-            raise InputError("missing column", file=path, field=col)
+            raise InputError(f"missing column (expected {', '.join(columns)})", file=path, field=col)
     return df
+
+
+def load_ranks(path: str | Path) -> pl.DataFrame:
+    """Read a ``ranks.parquet`` (columns user, target, rank[, tied]) with a clear error when malformed."""
+    return read_parquet_with(path, ("user", "target", "rank"), "ranks file", " (was the run evaluated?)")
 
 
 # --------------------------------------------------------------------------------------------- histories
@@ -154,7 +180,10 @@ def history_mask_indices(seqs: SequenceData, users: np.ndarray, hist_end: np.nda
 
 def sample_negatives(seqs: SequenceData, users: np.ndarray, hist_end: np.ndarray, targets: np.ndarray, n: int,
                      rng: np.random.Generator, weights: np.ndarray | None = None) -> np.ndarray:
-    """Draw ``n`` distinct negatives per case, never from the history up to and including the target.
+    """Draw ``n`` distinct negatives per case, never from the user's items before ``hist_end`` nor the target.
+
+    :func:`evaluate_ranking` passes the end of the user's whole sequence as ``hist_end``, so no item the user
+    ever interacted with (in any split) is a negative.
 
     Parameters
     ----------
@@ -269,7 +298,7 @@ def evaluate_ranking(
         Cases: user, target, absolute end of the history in ``seqs.items``.
     seqs : SequenceData
     protocol : Protocol or str
-        ``full``, ``sampled:N[:popularity]``, ``candidates:N`` (see :mod:`.protocol`).
+        ``full``, ``sampled:N[:popularity]``, ``candidates:N``, ``candidates:file=PATH`` (see :mod:`.protocol`).
     ks : sequence of int
         Cut-offs for HR/NDCG/MRR.
     exclude_history : bool
@@ -288,6 +317,8 @@ def evaluate_ranking(
     -------
     RankingResult
     """
+    from .candidates import read_candidates
+
     proto = Protocol.parse(protocol)
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
@@ -301,7 +332,14 @@ def evaluate_ranking(
         raise InputError(f"targets must be item ids in 1..{seqs.n_items}", field="targets")
     if proto.kind == "sampled" and proto.sampler == "popularity" and item_popularity is None:
         raise InputError("sampled:N:popularity needs item_popularity (training counts)", field="--protocol")
-    if candidates is not None:
+    cand_file = None
+    if proto.file is not None:
+        if candidates is not None:
+            raise InputError("give candidate lists either as a file in the protocol or as an array, not both",
+                             field="candidates")
+        lists = read_candidates(proto.file, users, targets, n_users=seqs.n_users, n_items=seqs.n_items)
+        cand_file = {"path": lists.path, "sha256": lists.sha256, "n_negatives": lists.n_negatives}
+    elif candidates is not None:
         if proto.kind != "candidates":
             raise InputError("explicit candidate lists need the candidates:N protocol", field="--protocol")
         candidates = np.asarray(candidates, dtype=np.int64)
@@ -315,7 +353,9 @@ def evaluate_ranking(
         if candidates.min(initial=1) < 1 or candidates.max(initial=1) >= V:
             raise InputError(f"candidate ids must be in 1..{seqs.n_items}", field="candidates")
 
+    seq_end = seqs.indptr[users + 1]  # negatives avoid the user's whole sequence (every split)
     dev = torch.device(device)
+    scoring_dtype = getattr(score_fn, "scoring_dtype", None)
     ranks_g = np.zeros(n_cases, dtype=np.int64)
     ranks_t = np.zeros(n_cases, dtype=np.int64)
     pos_scores: list[np.ndarray] = []
@@ -329,7 +369,9 @@ def evaluate_ranking(
         for c0 in range(0, n_cases, _CHUNK):
             c1 = min(c0 + _CHUNK, n_cases)
             cand_chunk = pos_chunk = None
-            if proto.kind != "full":
+            if proto.file is not None:
+                cand_chunk, pos_chunk = lists.items[c0:c1], lists.target_col[c0:c1]
+            elif proto.kind != "full":
                 rng = np.random.default_rng([proto.seed, c0 // _CHUNK])
                 if candidates is not None:
                     order = np.argsort(rng.random((c1 - c0, proto.n + 1)), axis=1)
@@ -337,7 +379,7 @@ def evaluate_ranking(
                     pos_chunk = np.argmin(order, axis=1)  # where column 0 (the target) went
                 else:
                     w = item_popularity if proto.sampler == "popularity" else None
-                    negs = sample_negatives(seqs, users[c0:c1], hist_end[c0:c1], targets[c0:c1], proto.n,
+                    negs = sample_negatives(seqs, users[c0:c1], seq_end[c0:c1], targets[c0:c1], proto.n,
                                             rng, w)
                     pos_chunk = rng.integers(0, proto.n + 1, size=c1 - c0)
                     cand_chunk = _place_positive(negs, targets[c0:c1], pos_chunk)
@@ -347,6 +389,7 @@ def evaluate_ranking(
                 if proto.kind == "full":
                     scores = score_fn(hist, None)
                     _check_shape(scores, (b1 - b0, V))
+                    scoring_dtype = scoring_dtype or str(scores.dtype).removeprefix("torch.")
                     excl = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
                     excl[:, 0] = True
                     if exclude_history:
@@ -357,8 +400,9 @@ def evaluate_ranking(
                     g, t = rank_parts(scores, tcol, excl)
                 else:
                     cand = cand_chunk[b0 - c0:b1 - c0]
-                    scores = score_fn(hist, torch.from_numpy(cand).to(dev))
+                    scores = score_fn(hist, torch.from_numpy(np.ascontiguousarray(cand)).to(dev))
                     _check_shape(scores, cand.shape)
+                    scoring_dtype = scoring_dtype or str(scores.dtype).removeprefix("torch.")
                     tcol = torch.from_numpy(pos_chunk[b0 - c0:b1 - c0]).to(scores.device)
                     g, t = rank_parts(scores, tcol)
                     s = scores.detach().float().cpu().numpy()
@@ -375,7 +419,7 @@ def evaluate_ranking(
         ranks: np.ndarray = ranks_g + ranks_t
     else:
         ranks = ranks_g + ranks_t / 2.0
-    n_neg = proto.n if proto.kind != "full" else None
+    n_neg = cand_file["n_negatives"] if cand_file is not None else proto.n
     metrics = compute_metrics(ranks, ks, tied=ranks_t, ties=proto.ties, n_negatives=n_neg)
     if n_neg is not None:
         metrics["AUC_global"] = _global_auc(np.concatenate(pos_scores) if pos_scores else np.zeros(0),
@@ -383,7 +427,8 @@ def evaluate_ranking(
                                             proto.ties)
         metrics["n_cases"] = metrics.pop("n_cases")
     return RankingResult(protocol=str(proto), exclude_history=bool(exclude_history), ks=ks, metrics=metrics,
-                         ranks=ranks, users=users.copy(), targets=targets.copy(), tied=ranks_t, ties=proto.ties)
+                         ranks=ranks, users=users.copy(), targets=targets.copy(), tied=ranks_t, ties=proto.ties,
+                         scoring_dtype=scoring_dtype or "float32", candidates_file=cand_file)
 
 
 def _check_shape(scores: torch.Tensor, shape: tuple[int, int]) -> None:

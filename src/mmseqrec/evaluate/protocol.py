@@ -10,6 +10,10 @@ A protocol string names how candidates are built and how ties are broken:
 ``candidates:N``
     MLLM-MSR style fixed candidate lists of ``N`` negatives + the positive (passed explicitly, or drawn
     like ``sampled:N`` with the protocol's seed).
+``candidates:file=PATH``
+    Per-case candidate lists read from a Parquet file (``user, target, candidates[]``, see
+    :mod:`.candidates`), used in the file's order, so that LLM recommenders and sequential models are scored on
+    identical lists. The file's sha256 is recorded with every result. ``PATH`` must not contain ``:``.
 
 Optional suffixes: ``:seed=S`` (default 0) and ``:ties=random`` (default ``pessimistic``), e.g.
 ``sampled:100:popularity:seed=42:ties=random``. ``str(Protocol.parse(s))`` gives the canonical form back.
@@ -46,6 +50,8 @@ class Protocol(Config):
         ``pessimistic`` (default): candidates scored equal to the target rank above it.
         ``random``: expected rank ``#greater + #ties / 2`` and metrics are exact expectations over a
         uniformly random order of the tied candidates.
+    file : str or None
+        ``candidates`` only: Parquet file of explicit per-case lists (then ``n`` is ``None``: the file decides).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
@@ -55,6 +61,7 @@ class Protocol(Config):
     sampler: Literal["uniform", "popularity"] = "uniform"
     seed: int = 0
     ties: TiesPolicy = "pessimistic"
+    file: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Protocol:
@@ -63,6 +70,11 @@ class Protocol(Config):
                 raise ValueError("the full protocol takes no number of negatives")
             if self.sampler != "uniform":
                 raise ValueError("the full protocol has no negative sampler")
+        elif self.file is not None:
+            if self.kind != "candidates":
+                raise ValueError("only the candidates protocol reads a candidate file")
+            if self.n is not None or self.sampler != "uniform" or self.seed != 0:
+                raise ValueError("candidates:file=PATH takes no number, sampler or seed (the file gives the lists)")
         elif self.n is None or self.n < 1:
             raise ValueError(f"the {self.kind} protocol needs a number of negatives >= 1")
         return self
@@ -74,7 +86,8 @@ class Protocol(Config):
 
     @classmethod
     def parse(cls, text: str | Protocol) -> Protocol:
-        """Parse ``"full"``, ``"sampled:100"``, ``"sampled:100:popularity"``, ``"candidates:20"`` (+ suffixes).
+        """Parse ``"full"``, ``"sampled:100"``, ``"sampled:100:popularity"``, ``"candidates:20"``,
+        ``"candidates:file=PATH"`` (+ suffixes).
 
         Raises
         ------
@@ -89,10 +102,16 @@ class Protocol(Config):
         kind = parts[0].lower()
         fields: dict[str, object] = {"kind": kind}
         rest = parts[1:]
-        usage = "expected full | sampled:N[:uniform|popularity] | candidates:N, optionally :seed=S :ties=random"
+        usage = ("expected full | sampled:N[:uniform|popularity] | candidates:N | candidates:file=PATH, "
+                 "optionally :seed=S :ties=random")
         if kind not in ("full", "sampled", "candidates"):
             raise InputError(f"unknown protocol {text!r}; {usage}", field="--protocol")
-        if kind != "full":
+        if kind == "candidates" and rest and rest[0].lower().startswith("file="):
+            if not rest[0][5:].strip():
+                raise InputError(f"protocol {text!r} names no candidate file", field="--protocol")
+            fields["file"] = rest[0][5:].strip()
+            rest = rest[1:]
+        elif kind != "full":
             if not rest or not rest[0].isdigit():
                 raise InputError(f"protocol {text!r} needs a number of negatives; {usage}", field="--protocol")
             fields["n"] = int(rest[0])
@@ -118,6 +137,8 @@ class Protocol(Config):
 
     def __str__(self) -> str:
         out = [self.kind]
+        if self.file is not None:
+            out.append(f"file={self.file}")
         if self.n is not None:
             out.append(str(self.n))
         if self.sampler != "uniform":
@@ -130,8 +151,13 @@ class Protocol(Config):
 
 
 def protocol_slug(protocol: str | Protocol) -> str:
-    """File-name form of a protocol (``sampled:100`` -> ``sampled-100``), used by ``RUN/eval-<slug>.json`` and
-    ``RUN/ranks-<slug>.parquet`` of re-scored runs."""
+    """File-name form of a protocol (``sampled:100`` -> ``sampled-100``; a candidate file is named by its stem:
+    ``candidates:file=/x/llm-lists.parquet`` -> ``candidates-file-llm-lists``), used by the re-score files
+    (:mod:`.runfiles`)."""
     import re
+    from pathlib import PurePath
 
-    return re.sub(r"[^A-Za-z0-9]+", "-", str(protocol)).strip("-")
+    proto = Protocol.parse(protocol)
+    if proto.file is not None:
+        proto = proto.model_copy(update={"file": PurePath(proto.file).stem})
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(proto)).strip("-")

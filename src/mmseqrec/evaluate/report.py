@@ -1,9 +1,8 @@
 """Run-level reports: compare two runs (paired tests) and aggregate runs over seeds (mean +- std).
 
-Reads the run directory contract written by ``train``: ``RUN/metrics.json`` (top-level ``protocol``,
-``exclude_history`` and a ``test`` dict of metrics) and ``RUN/ranks.parquet`` (``user, target, rank[, tied]``).
-A run re-scored under another protocol (``mmseqrec evaluate --protocol P`` or ``mmseqrec experiment``) also has
-``RUN/eval-<slug>.json`` and ``RUN/ranks-<slug>.parquet``; ``load_run_result(run, protocol=P)`` reads those.
+Reads a run directory's evaluation files through :mod:`.runfiles`: ``RUN/metrics.json`` + ``RUN/ranks.parquet``
+for the training protocol, ``RUN/eval-<stem>.json`` + ``RUN/ranks-<stem>.parquet`` for a re-score under another
+protocol or history setting (``load_run_result(run, protocol=P, exclude_history=X)``).
 """
 
 from __future__ import annotations
@@ -12,42 +11,33 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ..errors import InputError
 from .evaluator import load_ranks
 from .metrics import parse_metric
-from .protocol import Protocol, protocol_slug
-from .significance import aggregate_seeds, paired_test
+from .protocol import Protocol
+from .runfiles import METRICS_FILE, RANKS_FILE, EvalRecord, find_eval
+from .significance import adjust_pvalues, aggregate_seeds, paired_test
 
 __all__ = ["METRICS_FILE", "RANKS_FILE", "RunResult", "aggregate_runs", "compare_runs", "load_run_result"]
 
-METRICS_FILE = "metrics.json"
-RANKS_FILE = "ranks.parquet"
-
 
 class RunResult:
-    """What a run directory says about its test evaluation."""
+    """What a run directory says about one evaluation split (``test`` by default) under one setting."""
 
-    def __init__(self, path: Path, metrics: dict[str, Any], ranks_file: str = RANKS_FILE,
-                 metrics_file: str = METRICS_FILE) -> None:
+    def __init__(self, path: Path, record: EvalRecord, split: str = "test") -> None:
         self.path = path
-        self.raw = metrics
-        self.ranks_file = ranks_file
-        if "test" not in metrics and metrics.get("split", "test") == "test" and isinstance(metrics.get("metrics"), dict):
-            metrics = {**metrics, "test": metrics["metrics"]}  # `mmseqrec evaluate` form: {protocol, split, metrics}
-        test = metrics.get("test")
-        if not isinstance(test, dict):
-            raise InputError(f"{metrics_file} has no 'test' results", file=path / metrics_file, field="test")
-        self.test: dict[str, Any] = dict(test.get("metrics", test)) if isinstance(test.get("metrics"), dict) \
-            else dict(test)
-        proto = metrics.get("protocol", test.get("protocol"))
-        if proto is None:
-            raise InputError(f"{metrics_file} does not record the protocol", file=path / metrics_file,
-                             field="protocol")
-        self.protocol = Protocol.parse(str(proto))
-        eh = metrics.get("exclude_history", test.get("exclude_history", False))
-        self.exclude_history = bool(eh)
+        self.record = record
+        self.raw = record.data
+        self.split = split
+        metrics = record.metrics(split)
+        if metrics is None:
+            raise InputError(f"{record.path.name} has no {split!r} results", file=record.path, field=split)
+        self.test: dict[str, Any] = metrics
+        self.protocol = record.protocol
+        self.exclude_history = record.exclude_history
 
     @property
     def name(self) -> str:
@@ -56,10 +46,19 @@ class RunResult:
     @property
     def setting(self) -> str:
         """Protocol string + the exclude-history flag: what must match for numbers to be comparable."""
-        return f"{self.protocol}" + (" (history excluded)" if self.exclude_history else "")
+        return self.record.setting
+
+    @property
+    def candidates_sha256(self) -> str | None:
+        cf = self.raw.get("candidates_file")
+        return cf.get("sha256") if isinstance(cf, dict) else None
 
     def ranks(self):
-        return load_ranks(self.path / self.ranks_file)
+        path = self.record.ranks.get(self.split)
+        if path is None:
+            raise InputError(f"no per-case ranks of the {self.split!r} split next to {self.record.path.name}",
+                             file=self.path)
+        return load_ranks(path)
 
     def config(self) -> dict[str, Any] | None:
         p = self.path / "config.yaml"
@@ -72,35 +71,23 @@ class RunResult:
         return data if isinstance(data, dict) else None
 
 
-def _read_json(mf: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(mf.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc.msg}", file=mf, line=exc.lineno) from None
-    if not isinstance(data, dict):
-        raise InputError("top level must be an object", file=mf)
-    return data
-
-
-def load_run_result(path: str | Path, protocol: str | None = None) -> RunResult:
-    """Read ``RUN/metrics.json`` (clear errors when the directory is not an evaluated run).
-
-    With ``protocol`` different from the run's training protocol, read the re-scored
-    ``RUN/eval-<slug>.json`` and ``RUN/ranks-<slug>.parquet`` instead.
-    """
+def load_run_result(path: str | Path, protocol: str | None = None, exclude_history: bool | None = None
+                    ) -> RunResult:
+    """The run's test results under ``protocol`` (default: its training protocol) and history setting (default:
+    its own), or a clear error naming the ``mmseqrec evaluate`` command that would produce them."""
     path = Path(path)
-    mf = path / METRICS_FILE
-    if not mf.exists():
+    if not (path / METRICS_FILE).exists():
         raise InputError(f"not an evaluated run directory (missing {METRICS_FILE})", file=path)
-    data = _read_json(mf)
-    if protocol is None or str(Protocol.parse(protocol)) == str(data.get("protocol")):
-        return RunResult(path, data)
-    slug = protocol_slug(Protocol.parse(protocol))
-    ef = path / f"eval-{slug}.json"
-    if not ef.exists():
-        raise InputError(f"the run was not scored under {protocol!r} (missing {ef.name}); run "
-                         f"`mmseqrec evaluate {path} --protocol {protocol}` first", file=path)
-    return RunResult(path, _read_json(ef), ranks_file=f"ranks-{slug}.parquet", metrics_file=ef.name)
+    rec = find_eval(path, protocol, exclude_history)
+    if rec is None or rec.metrics("test") is None:
+        p = str(Protocol.parse(protocol)) if protocol is not None else None
+        hist = "" if exclude_history is None else (" --exclude-history" if exclude_history else " --include-history")
+        what = f"{p!r}" if p else "its training protocol"
+        if exclude_history is not None:
+            what += " with history " + ("excluded" if exclude_history else "kept")
+        raise InputError(f"the run was not scored on test under {what}; run `mmseqrec evaluate {path}"
+                         f"{' --protocol ' + p if p else ''}{hist}` first", file=path)
+    return RunResult(path, rec)
 
 
 def _default_metrics(a: RunResult, b: RunResult) -> list[str]:
@@ -116,18 +103,19 @@ def _default_metrics(a: RunResult, b: RunResult) -> list[str]:
 
 
 def compare_runs(run_a: str | Path | RunResult, run_b: str | Path | RunResult,
-                 metrics: list[str] | None = None) -> list[dict[str, Any]]:
-    """Paired comparison of two runs on their test ranks, one row per metric.
+                 metrics: list[str] | None = None, p_adjust: str = "holm") -> list[dict[str, Any]]:
+    """Paired comparison of two runs on their test ranks, one row per metric (the experiment report's test).
 
     Returns
     -------
     list of dict
-        ``metric, a, b, delta, p_wilcoxon, p_ttest, n`` (delta = B - A).
+        ``metric, a, b, delta, p_wilcoxon, p_ttest, p_adj, n`` (delta = B - A; ``p_adj``: the Wilcoxon p
+        adjusted over the metrics of this comparison with ``p_adjust``).
 
     Raises
     ------
     InputError
-        Different protocols / exclude-history settings, or different evaluated cases.
+        Different protocols / exclude-history settings / candidate files, or different evaluated cases.
     """
     a = run_a if isinstance(run_a, RunResult) else load_run_result(run_a)
     b = run_b if isinstance(run_b, RunResult) else load_run_result(run_b)
@@ -135,6 +123,9 @@ def compare_runs(run_a: str | Path | RunResult, run_b: str | Path | RunResult,
         raise InputError(f"cannot compare runs evaluated under different protocols: {a.name} used "
                          f"{a.setting!r}, {b.name} used {b.setting!r}; re-evaluate one with "
                          f"`mmseqrec evaluate RUN --protocol ...`", field="protocol")
+    if a.candidates_sha256 != b.candidates_sha256:
+        raise InputError(f"{a.name} and {b.name} were scored on different candidate files (sha256 "
+                         f"{a.candidates_sha256} vs {b.candidates_sha256})", field="protocol")
     names = metrics or _default_metrics(a, b)
     if not names:
         raise InputError("the runs share no metric to compare", field="--metric")
@@ -142,9 +133,13 @@ def compare_runs(run_a: str | Path | RunResult, run_b: str | Path | RunResult,
     rows = []
     for m in names:
         kind, _ = parse_metric(m)
-        res = paired_test(ra, rb, m, ties=a.protocol.ties, n_negatives=a.protocol.n if kind == "AUC" else None)
+        res = paired_test(ra, rb, m, ties=a.protocol.ties,
+                          n_negatives=a.record.n_negatives if kind == "AUC" else None)
         rows.append({"metric": m, "a": res["mean_a"], "b": res["mean_b"], "delta": res["delta"],
                      "p_wilcoxon": res["p_wilcoxon"], "p_ttest": res["p_ttest"], "n": res["n"]})
+    adj = adjust_pvalues(np.array([r["p_wilcoxon"] for r in rows]), p_adjust)
+    for r, p in zip(rows, adj, strict=True):
+        r["p_adj"] = float(p)
     return rows
 
 

@@ -23,19 +23,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from ..config import Config, load_config
+from ..errors import InputError
 
-__all__ = ["GridConfig", "load_grid"]
+__all__ = ["GridConfig", "check_datasets", "load_grid"]
 
 
 class GridConfig(Config):
     """Attributes
     ----------
     name : experiment name (used in the report title).
-    datasets : name -> prepared dataset directory (relative paths are resolved against the YAML's folder
-        first, then the working directory).
+    datasets : name -> prepared dataset directory. A relative path is looked up in the working directory, then
+        next to the YAML file; :func:`load_grid` stores the absolute path it found (or the first one tried), and
+        :func:`check_datasets` names every path it tried when a dataset is missing or not prepared.
     backbones : model names from ``mmseqrec.registry.MODELS``.
     variants : name -> partial ExperimentConfig merged over ``base`` (typically an ``item_encoder`` section).
     baseline : the variant every other variant is tested against (paired test on per-user ranks).
@@ -48,6 +50,11 @@ class GridConfig(Config):
     variant_backbones : restrict a variant to some backbones (default: all).
     report_split : ``test`` (the results table) or ``valid`` (for ablations that choose defaults: the table shows
         the validation metrics of the selected checkpoints, no test numbers and no p-values).
+    references : variants every other variant is also tested against, across backbones (e.g. ``[Pop]``: the
+        closed-form baselines run on their own backbone ``pop``); one extra ``p METRIC vs REF`` column per
+        reference for the first metric. Their comparisons join the table's family for the correction.
+    p_adjust : multiple-testing correction over all comparisons of one table (dataset x protocol): ``holm``
+        (Holm-Bonferroni, default), ``bh`` (Benjamini-Hochberg) or ``none``; raw and adjusted p are both shown.
     """
 
     name: str = "experiment"
@@ -62,6 +69,10 @@ class GridConfig(Config):
     backbone_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     variant_backbones: dict[str, list[str]] = Field(default_factory=dict)
     report_split: Literal["test", "valid"] = "test"
+    references: list[str] = Field(default_factory=list)
+    p_adjust: Literal["holm", "bh", "none"] = "holm"
+    _tried: dict[str, list[str]] = PrivateAttr(default_factory=dict)  # dataset name -> absolute paths looked at
+    _source: str | None = PrivateAttr(None)  # the YAML file
 
     @field_validator("protocols")
     @classmethod
@@ -78,6 +89,9 @@ class GridConfig(Config):
             self.baseline = next(iter(self.variants))
         if self.baseline not in self.variants:
             raise ValueError(f"baseline {self.baseline!r} is not one of the variants {list(self.variants)}")
+        for v in self.references:
+            if v not in self.variants:
+                raise ValueError(f"references names unknown variant {v!r}")
         for v in self.variant_backbones:
             if v not in self.variants:
                 raise ValueError(f"variant_backbones names unknown variant {v!r}")
@@ -85,13 +99,34 @@ class GridConfig(Config):
 
 
 def load_grid(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
+    """Read a grid YAML (with ``key=value`` overrides); dataset paths become absolute (see ``datasets``)."""
     grid = load_config(GridConfig, path, overrides)
     root = Path(path).resolve().parent
     resolved = {}
     for name, p in grid.datasets.items():
-        cand = Path(p)
-        if not cand.is_absolute() and not cand.exists() and (root / cand).exists():
-            cand = root / cand
-        resolved[name] = str(cand)
+        cand = Path(p).expanduser()
+        options = [cand] if cand.is_absolute() else [Path.cwd() / cand, root / cand]
+        options = list(dict.fromkeys(o.resolve() for o in options))
+        resolved[name] = str(next((o for o in options if o.exists()), options[0]))
+        grid._tried[name] = [str(o) for o in options]
     grid.datasets = resolved
+    grid._source = str(path)
     return grid
+
+
+def check_datasets(grid: GridConfig) -> None:
+    """Every dataset of ``grid`` is a prepared dataset directory; else an :class:`InputError` naming the grid
+    file, the field and the absolute path(s) looked at."""
+    from ..data.dataset import INTERACTIONS, ITEMS, MANIFEST
+
+    for name, p in grid.datasets.items():
+        path = Path(p)
+        where = {"file": grid._source, "field": f"datasets.{name}"}
+        if not path.is_dir():
+            tried = grid._tried.get(name) or [str(path.resolve())]
+            raise InputError(f"dataset directory not found (looked at {' and '.join(tried)}); create it with "
+                             f"`mmseqrec prepare ... --out {tried[0]}`", **where)
+        missing = [f for f in (INTERACTIONS, ITEMS, MANIFEST) if not (path / f).exists()]
+        if missing:
+            raise InputError(f"{path.resolve()} is not a prepared dataset directory (missing {', '.join(missing)}); "
+                             f"run `mmseqrec prepare ... --out {path.resolve()}` first", **where)

@@ -1,21 +1,33 @@
-"""Results of an experiment grid: mean +- std over seeds, paired tests against the baseline variant, Markdown +
-CSV tables and one PNG plot per (protocol, metric)."""
+"""Results of an experiment grid: seed mean +- std, paired tests against the baseline variant with a
+multiple-testing correction over each table, Markdown + CSV tables and one PNG plot per (protocol, metric).
+
+Statistics (see :mod:`mmseqrec.evaluate.significance`): the table's mean +- std are over the per-seed metrics;
+the p-values come from the paired test whose unit is the evaluation case (user, target), each case's metric
+averaged over a variant's seeds first; raw p and p adjusted over all comparisons of one table (Holm by default)
+are both written. The report only reads finished run directories: ``mmseqrec experiment GRID --report-only``
+rebuilds it without training or scoring anything.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 
+from ..evaluate.evaluator import load_ranks
+from ..evaluate.metrics import parse_metric
+from ..evaluate.runfiles import EvalRecord, find_eval
+from ..evaluate.significance import adjust_pvalues, paired_test
 from ..fileio import atomic_path, atomic_write_text
 from .config import GridConfig
 from .runner import RunRecord, plan_runs, protocol_slug
 
-__all__ = ["collect", "per_case_values", "paired_pvalues", "summarise", "write_report"]
+__all__ = ["collect", "per_case_values", "summarise", "to_markdown", "write_report"]
+
+_ADJ_NAME = {"holm": "Holm", "bh": "BH", "none": "none"}
+
 
 def per_case_values(ranks: np.ndarray, metric: str) -> np.ndarray:
     """Per-case metric values from 0-based pessimistic ranks (``HR@K``, ``NDCG@K``, ``MRR@K``)."""
@@ -24,70 +36,96 @@ def per_case_values(ranks: np.ndarray, metric: str) -> np.ndarray:
     return case_values(metric, np.asarray(ranks))
 
 
-def _ranks_path(run_dir: Path, protocol: str, primary: str) -> Path:
-    return run_dir / ("ranks.parquet" if protocol == primary else f"ranks-{protocol_slug(protocol)}.parquet")
-
-
-def _metrics(run_dir: Path, protocol: str, primary: str) -> dict[str, Any] | None:
-    p = run_dir / ("metrics.json" if protocol == primary else f"eval-{protocol_slug(protocol)}.json")
-    return json.loads(p.read_text()) if p.exists() else None
+def _records(grid: GridConfig, out: str | Path) -> list[tuple[RunRecord, str, EvalRecord]]:
+    """(run, protocol, eval record) of every finished evaluation of the grid."""
+    found = []
+    for r in plan_runs(grid, out):
+        if not (r.run_dir / "metrics.json").exists():
+            continue
+        for p in grid.protocols:
+            rec = find_eval(r.run_dir, p)
+            if rec is not None and rec.metrics(grid.report_split) is not None:
+                found.append((r, p, rec))
+    return found
 
 
 def collect(grid: GridConfig, out: str | Path) -> pl.DataFrame:
-    """One row per (run, protocol) with every metric of ``grid.report_split`` (long format: metric, value)."""
+    """One row per (run, protocol, metric) with the value on ``grid.report_split`` (long format)."""
     rows = []
-    primary = grid.protocols[0]
-    for r in plan_runs(grid, out):
-        for p in grid.protocols:
-            m = _metrics(r.run_dir, p, primary)
-            if m is None:
-                continue
-            for metric, value in m[grid.report_split].items():
-                if isinstance(value, (int, float)) and metric != "n_cases":
-                    rows.append({"dataset": r.dataset, "variant": r.variant, "backbone": r.backbone, "seed": r.seed,
-                                 "protocol": p, "metric": metric, "value": float(value),
-                                 "run_dir": str(r.run_dir)})
+    for r, p, rec in _records(grid, out):
+        for metric, value in (rec.metrics(grid.report_split) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and metric != "n_cases":
+                rows.append({"dataset": r.dataset, "variant": r.variant, "backbone": r.backbone, "seed": r.seed,
+                             "protocol": p, "metric": metric, "value": float(value), "run_dir": str(r.run_dir)})
     schema = {"dataset": pl.Utf8, "variant": pl.Utf8, "backbone": pl.Utf8, "seed": pl.Int64, "protocol": pl.Utf8,
               "metric": pl.Utf8, "value": pl.Float64, "run_dir": pl.Utf8}
     return pl.DataFrame(rows, schema=schema)
 
 
-def paired_pvalues(runs_a: list[RunRecord], runs_b: list[RunRecord], protocol: str, primary: str,
-                   metric: str) -> dict[str, float]:
-    """Wilcoxon signed-rank and paired t-test over per-case values pooled across matching seeds.
+def _reference_group(groups: dict, ds: str, ref: str, bb: str, p: str) -> list[EvalRecord] | None:
+    """The runs of reference variant ``ref`` to pair with backbone ``bb``: the same backbone when the reference
+    ran on it, else the reference's only backbone (closed-form baselines run on their own), else none."""
+    if (ds, ref, bb, p) in groups:
+        return groups[(ds, ref, bb, p)]
+    found = [recs for (d, v, _, q), recs in groups.items() if (d, v, q) == (ds, ref, p)]
+    return found[0] if len(found) == 1 else None
 
-    Cases are paired on (seed, user, target); runs of a seed missing on either side are left out.
-    """
-    from scipy import stats
 
-    b_by_seed = {r.seed: r for r in runs_b}
-    xa, xb = [], []
-    for ra in runs_a:
-        rb = b_by_seed.get(ra.seed)
-        if rb is None:
-            continue
-        pa, pb = _ranks_path(ra.run_dir, protocol, primary), _ranks_path(rb.run_dir, protocol, primary)
-        if not (pa.exists() and pb.exists()):
-            continue
-        fa = pl.read_parquet(pa).select("user", "target", pl.col("rank").alias("ra"))
-        fb = pl.read_parquet(pb).select("user", "target", pl.col("rank").alias("rb"))
-        j = fa.join(fb, on=["user", "target"], how="inner")
-        if j.height != fa.height or j.height != fb.height:
-            raise ValueError(f"runs {ra.run_dir} and {rb.run_dir} evaluated different cases; cannot pair them")
-        xa.append(per_case_values(j["ra"].to_numpy(), metric))
-        xb.append(per_case_values(j["rb"].to_numpy(), metric))
-    if not xa:
-        return {"p_wilcoxon": math.nan, "p_ttest": math.nan, "n": 0}
-    a, b = np.concatenate(xa), np.concatenate(xb)
-    d = a - b
-    if np.allclose(d, 0):
-        return {"p_wilcoxon": 1.0, "p_ttest": 1.0, "n": int(a.size)}
-    return {"p_wilcoxon": float(stats.wilcoxon(a, b, zero_method="wilcox").pvalue),
-            "p_ttest": float(stats.ttest_rel(a, b).pvalue), "n": int(a.size)}
+def _tests(grid: GridConfig, out: str | Path) -> pl.DataFrame:
+    """Paired test of every non-baseline (dataset, backbone, variant, protocol, metric) against the baseline on
+    test ranks (seed means per case), and of every variant against each of ``grid.references`` (first metric
+    only); column ``reference`` names the variant tested against. p is adjusted over each (dataset, protocol)
+    table, all of its comparisons together."""
+    groups: dict[tuple[str, str, str, str], list[EvalRecord]] = {}
+    for r, p, rec in _records(grid, out):
+        if "test" in rec.ranks:
+            groups.setdefault((r.dataset, r.variant, r.backbone, p), []).append(rec)
+    cache: dict[Path, pl.DataFrame] = {}
+
+    def frames(recs: list[EvalRecord]) -> list[pl.DataFrame]:
+        for rec in recs:
+            if rec.ranks["test"] not in cache:
+                cache[rec.ranks["test"]] = load_ranks(rec.ranks["test"])
+        return [cache[rec.ranks["test"]] for rec in recs]
+
+    rows = []
+
+    def test(ds: str, bb: str, var: str, p: str, ref: str, base: list[EvalRecord], recs: list[EvalRecord],
+             metrics: list[str]) -> None:
+        for metric in metrics:
+            kind, _ = parse_metric(metric)
+            res = paired_test(frames(base), frames(recs), metric, ties=recs[0].protocol.ties,
+                              n_negatives=recs[0].n_negatives if kind == "AUC" else None)
+            rows.append({"dataset": ds, "backbone": bb, "variant": var, "protocol": p, "metric": metric,
+                         "reference": ref, "n_cases": res["n"], "p_wilcoxon": res["p_wilcoxon"],
+                         "p_ttest": res["p_ttest"]})
+
+    refs = [v for v in grid.references if v != grid.baseline]
+    for (ds, var, bb, p), recs in groups.items():
+        base = groups.get((ds, grid.baseline or "", bb, p))
+        if var != grid.baseline and base:
+            test(ds, bb, var, p, grid.baseline or "", base, recs, grid.metrics)
+        for ref in refs:
+            ref_recs = _reference_group(groups, ds, ref, bb, p) if var != ref else None
+            if ref_recs:
+                test(ds, bb, var, p, ref, ref_recs, recs, grid.metrics[:1])
+    schema = {"dataset": pl.Utf8, "backbone": pl.Utf8, "variant": pl.Utf8, "protocol": pl.Utf8, "metric": pl.Utf8,
+              "reference": pl.Utf8, "n_cases": pl.Int64, "p_wilcoxon": pl.Float64, "p_ttest": pl.Float64}
+    tests = pl.DataFrame(rows, schema=schema)
+    adj = np.full(tests.height, np.nan)
+    if tests.height:
+        table = tests.select(pl.struct("dataset", "protocol").rank("dense")).to_series().to_numpy()
+        p_raw = tests["p_wilcoxon"].to_numpy()
+        for t in np.unique(table):  # one family per results table
+            sel = table == t
+            adj[sel] = adjust_pvalues(p_raw[sel], grid.p_adjust)
+    return tests.with_columns(pl.Series("p_adj", adj, dtype=pl.Float64), pl.lit(grid.p_adjust).alias("p_adjust"))
 
 
 def summarise(grid: GridConfig, out: str | Path) -> pl.DataFrame:
-    """Mean, std and paired p-values vs the baseline for every (dataset, backbone, variant, protocol, metric)."""
+    """Seed mean, std and (test split) paired p-values vs the baseline for every (dataset, backbone, variant,
+    protocol, metric): columns ``mean, std, n_seeds`` and, for test reports, ``n_cases, p_wilcoxon, p_ttest,
+    p_adj, p_adjust`` (empty for the baseline)."""
     long = collect(grid, out)
     if long.is_empty():
         return long
@@ -95,97 +133,152 @@ def summarise(grid: GridConfig, out: str | Path) -> pl.DataFrame:
     agg = (long.group_by("dataset", "backbone", "variant", "protocol", "metric", maintain_order=True)
            .agg(pl.col("value").mean().alias("mean"), pl.col("value").std(ddof=1).alias("std"),
                 pl.col("value").count().alias("n_seeds")))
-    runs = plan_runs(grid, out)
-    by_key: dict[tuple[str, str, str], list[RunRecord]] = {}
-    for r in runs:
-        by_key.setdefault((r.dataset, r.variant, r.backbone), []).append(r)
-    pw, pt = [], []
-    for row in agg.iter_rows(named=True):
-        if row["variant"] == grid.baseline or grid.report_split != "test":  # per-user ranks exist for test only
-            pw.append(None)
-            pt.append(None)
-            continue
-        res = paired_pvalues(by_key[(row["dataset"], row["variant"], row["backbone"])],
-                             by_key.get((row["dataset"], grid.baseline, row["backbone"]), []),
-                             row["protocol"], grid.protocols[0], row["metric"])
-        pw.append(res["p_wilcoxon"])
-        pt.append(res["p_ttest"])
-    return agg.with_columns(pl.Series("p_wilcoxon", pw, dtype=pl.Float64), pl.Series("p_ttest", pt, dtype=pl.Float64))
+    if grid.report_split != "test":  # selection data: no test ranks are read, no p-values
+        return agg
+    keys = ["dataset", "backbone", "variant", "protocol", "metric"]
+    tests = _tests(grid, out)
+    out_df = agg.join(tests.filter(pl.col("reference") == (grid.baseline or "")).drop("reference"), on=keys,
+                      how="left", maintain_order="left")
+    for ref in (v for v in grid.references if v != grid.baseline):
+        vs = tests.filter(pl.col("reference") == ref).select(
+            *keys, pl.col("p_wilcoxon").alias(f"p_vs_{ref}"), pl.col("p_adj").alias(f"p_adj_vs_{ref}"))
+        out_df = out_df.join(vs, on=keys, how="left", maintain_order="left")
+    return out_df
 
 
-def _fmt(mean: float, std: float | None, p: float | None) -> str:
+def _fmt_p(p: float | None) -> str:
+    if p is None or math.isnan(p):
+        return "—"
+    return f"{p:.2g}"
+
+
+def _fmt(mean: float, std: float | None) -> str:
     s = f"{mean:.4f}"
     if std is not None and not math.isnan(std):
         s += f" ± {std:.4f}"
-    if p is not None and not math.isnan(p):
-        s += f" (p={p:.2g})"
     return s
 
 
 def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
-    if grid.report_split == "valid":
+    """Markdown tables, one per (dataset, protocol): mean ± std per metric and, for test reports, a
+    ``p (raw / adjusted)`` column per metric."""
+    test = grid.report_split == "test"
+    adj = _ADJ_NAME[grid.p_adjust]
+    if not test:
         lines = [f"# {grid.name}", "",
                  (f"**Validation** metrics (mean ± std over seeds {grid.seeds}) of the checkpoints selected on "
                   f"validation under `{grid.protocols[0]}`; for choosing options, so no test numbers are shown."), ""]
     else:
         lines = [f"# {grid.name}", "",
-                 (f"Mean ± std over seeds {grid.seeds}; p = paired Wilcoxon signed-rank test against "
-                  f"**{grid.baseline}** on per-user values (same backbone, dataset and protocol, seeds pooled). "
-                  f"Checkpoints selected on validation under `{grid.protocols[0]}`; test numbers only reported."), ""]
+                 (f"Test metrics: mean ± std of the per-seed values over seeds {grid.seeds}. p: two-sided paired "
+                  f"Wilcoxon signed-rank test against **{grid.baseline}** (same dataset, backbone and protocol)"
+                  + ("".join(f", and for {grid.metrics[0]} against **{v}**" for v in grid.references
+                             if v != grid.baseline) + " (any backbone)" if
+                     [v for v in grid.references if v != grid.baseline] else "")
+                  + "; the "
+                  "unit is the test case (user, target), each case's metric averaged over seeds first, so n is the "
+                  "number of users whatever the number of seeds. Shown as raw p / p adjusted "
+                  + ("(no adjustment)" if grid.p_adjust == "none" else
+                     f"with {'Holm–Bonferroni' if adj == 'Holm' else 'Benjamini–Hochberg'} over all comparisons of "
+                     "the table")
+                  + f". Checkpoints selected on validation under `{grid.protocols[0]}`."), ""]
     for ds in summary["dataset"].unique(maintain_order=True):
         for proto in grid.protocols:
             sub = summary.filter((pl.col("dataset") == ds) & (pl.col("protocol") == proto))
             if sub.is_empty():
                 continue
-            lines += [f"## {ds} — protocol `{proto}`", "",
-                      "| backbone | variant | " + " | ".join(grid.metrics) + " |",
-                      "|---|---|" + "---|" * len(grid.metrics)]
+            head, rule = ["backbone", "variant"], ["---", "---"]
+            for m in grid.metrics:
+                head.append(m)
+                rule.append("---")
+                if test:
+                    head.append(f"p {m} (raw / {adj})")
+                    rule.append("---")
+            refs = [v for v in grid.references if v != grid.baseline and f"p_vs_{v}" in sub.columns] if test else []
+            for ref in refs:
+                head.append(f"p {grid.metrics[0]} vs {ref} (raw / {adj})")
+                rule.append("---")
+            n_tests = int(sub["p_wilcoxon"].is_not_null().sum()) if test else 0
+            n_tests += sum(int(sub[f"p_vs_{v}"].is_not_null().sum()) for v in refs)
+            ns = sorted(set(sub["n_cases"].drop_nulls().to_list())) if test else []
+            cases = f", n = {'/'.join(str(n) for n in ns)} paired cases" if ns else ""
+            lines += [f"## {ds} — protocol `{proto}`" + (f" ({n_tests} comparisons{cases})" if test else ""), "",
+                      "| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
             for bb in sub["backbone"].unique(maintain_order=True):
                 for var in sub.filter(pl.col("backbone") == bb)["variant"].unique(maintain_order=True):
                     cells = []
                     for m in grid.metrics:
                         r = sub.filter((pl.col("backbone") == bb) & (pl.col("variant") == var) & (pl.col("metric") == m))
-                        if r.is_empty():
-                            cells.append("—")
-                        else:
-                            row = r.row(0, named=True)
-                            cells.append(_fmt(row["mean"], row["std"], row["p_wilcoxon"]))
+                        row = r.row(0, named=True) if r.height else None
+                        cells.append("—" if row is None else _fmt(row["mean"], row["std"]))
+                        if test:
+                            cells.append("—" if row is None or row["p_wilcoxon"] is None else
+                                         f"{_fmt_p(row['p_wilcoxon'])} / {_fmt_p(row['p_adj'])}")
+                    first = sub.filter((pl.col("backbone") == bb) & (pl.col("variant") == var)
+                                       & (pl.col("metric") == grid.metrics[0]))
+                    for ref in refs:
+                        row = first.row(0, named=True) if first.height else None
+                        cells.append("—" if row is None or row[f"p_vs_{ref}"] is None else
+                                     f"{_fmt_p(row[f'p_vs_{ref}'])} / {_fmt_p(row[f'p_adj_vs_{ref}'])}")
                     lines.append(f"| {bb} | {var} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)
 
 
 def _plot(grid: GridConfig, summary: pl.DataFrame, out: Path) -> list[Path]:
+    """One PNG per (dataset, protocol, metric): a panel per backbone with horizontal bars sorted by value (best on
+    top), the baseline in its own colour and as a dashed line, seed std as error bars, the value at each bar's end,
+    and a title naming the split and protocol. One colour for all other variants (the labels name them), so no
+    colour repeats with another meaning; the legend sits below the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
+    base_c, var_c = "#D55E00", "#0072B2"  # colour-blind-safe pair
     paths = []
     for ds in summary["dataset"].unique(maintain_order=True):
         for proto in grid.protocols:
             for metric in grid.metrics:
-                sub = summary.filter((pl.col("dataset") == ds) & (pl.col("protocol") == proto) & (pl.col("metric") == metric))
+                sub = summary.filter((pl.col("dataset") == ds) & (pl.col("protocol") == proto)
+                                     & (pl.col("metric") == metric))
                 if sub.is_empty():
                     continue
                 backbones = sub["backbone"].unique(maintain_order=True).to_list()
-                variants = sub["variant"].unique(maintain_order=True).to_list()
-                width = 0.8 / max(len(variants), 1)
-                fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(backbones), 3.4))
-                for i, var in enumerate(variants):
-                    means, stds = [], []
-                    for bb in backbones:
-                        r = sub.filter((pl.col("backbone") == bb) & (pl.col("variant") == var))
-                        means.append(r["mean"][0] if r.height else np.nan)
-                        s = r["std"][0] if r.height else None
-                        stds.append(0.0 if s is None or math.isnan(s) else s)
-                    x = np.arange(len(backbones)) + (i - (len(variants) - 1) / 2) * width
-                    ax.bar(x, means, width, yerr=stds, capsize=3, label=var)
-                ax.set_xticks(np.arange(len(backbones)), backbones)
-                ax.set_ylabel(metric)
-                ax.set_title(f"{ds} · {proto} · {metric}")
-                ax.legend(fontsize=7, frameon=False)
-                fig.tight_layout()
+                n_var = max(sub.group_by("backbone").len()["len"].max(), 1)
+                fig, axes = plt.subplots(1, len(backbones), figsize=(4.8 * len(backbones), 1.5 + 0.32 * n_var),
+                                         squeeze=False)
+                vmax = float((sub["mean"] + sub["std"].fill_null(0).fill_nan(0)).max() or 1.0)
+                for ax, bb in zip(axes[0], backbones, strict=True):
+                    part = sub.filter(pl.col("backbone") == bb).sort("mean")  # ascending: best ends on top
+                    names = part["variant"].to_list()
+                    means = part["mean"].to_numpy()
+                    stds = np.nan_to_num(part["std"].fill_null(0).to_numpy().astype(np.float64))
+                    is_base = np.array([v == grid.baseline for v in names])
+                    y = np.arange(len(names))
+                    ax.barh(y, means, xerr=stds, color=np.where(is_base, base_c, var_c), height=0.7,
+                            error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"})
+                    if is_base.any():
+                        ax.axvline(means[is_base][0], color=base_c, ls="--", lw=1)
+                    for yi, m, sd in zip(y, means, stds, strict=True):
+                        ax.text(m + sd + 0.01 * vmax, yi, f"{m:.4f}", va="center", fontsize=7)
+                    ax.set_yticks(y, [f"{v} (baseline)" if b else v for v, b in zip(names, is_base, strict=True)],
+                                  fontsize=8)
+                    for lab, b in zip(ax.get_yticklabels(), is_base, strict=True):
+                        if b:
+                            lab.set_fontweight("bold")
+                    ax.set_xlim(0, vmax * 1.22)
+                    ax.set_xlabel(metric)
+                    ax.set_title(bb, fontsize=10)
+                    ax.grid(axis="x", alpha=0.3)
+                n_seeds = int(sub["n_seeds"].max())
+                fig.suptitle(f"{ds} · {grid.report_split} split · protocol {proto} · {metric} "
+                             f"(mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''})", fontsize=11)
+                fig.legend(handles=[Patch(color=base_c, label=f"baseline ({grid.baseline})"),
+                                    Patch(color=var_c, label="variant")],
+                           loc="lower center", ncol=2, frameon=False, fontsize=8)
+                fig.tight_layout(rect=(0, 0.06 if n_var > 4 else 0.1, 1, 0.95))
                 p = out / f"{ds}-{protocol_slug(proto)}-{metric.replace('@', '_at_')}.png"
                 with atomic_path(p) as tmp:
                     fig.savefig(tmp, dpi=120, format="png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,12 @@ from rich.console import Console
 
 from ..config import deep_merge
 from ..evaluate.protocol import protocol_slug
-from .config import GridConfig
+from ..registry import model_spec
+from .config import GridConfig, check_datasets
 
-__all__ = ["RunRecord", "plan_runs", "protocol_slug", "run_grid"]
+__all__ = ["RunRecord", "plan_runs", "protocol_slug", "rescore_run", "run_grid"]
 
-_console = Console(stderr=True)
+_console = Console(stderr=True, soft_wrap=True)
 
 
 def _slug(name: str) -> str:
@@ -35,7 +37,10 @@ class RunRecord:
 
 
 def plan_runs(grid: GridConfig, out: str | Path) -> list[RunRecord]:
-    """Every (dataset, variant, backbone, seed) run with its merged config, in execution order."""
+    """Every (dataset, variant, backbone, seed) run with its merged config, in execution order.
+
+    Closed-form baselines (``pop``, ``itemknn``) take ``base`` without its ``model`` section (dropout, layers ...
+    are backbone options); their own options come from ``backbone_overrides`` or the variant."""
     out = Path(out)
     runs = []
     for ds_name, ds_path in grid.datasets.items():
@@ -43,7 +48,10 @@ def plan_runs(grid: GridConfig, out: str | Path) -> list[RunRecord]:
             backbones = grid.variant_backbones.get(variant, grid.backbones)
             for bb in backbones:
                 for seed in grid.seeds:
-                    cfg = deep_merge(grid.base, grid.backbone_overrides.get(bb, {}))
+                    base = grid.base
+                    if model_spec(bb).closed_form:  # pop / itemknn: the shared backbone options do not apply
+                        base = {k: v for k, v in base.items() if k != "model"}
+                    cfg = deep_merge(base, grid.backbone_overrides.get(bb, {}))
                     cfg = deep_merge(cfg, vcfg)
                     model = dict(cfg.get("model") or {})
                     model["name"] = bb
@@ -56,53 +64,118 @@ def plan_runs(grid: GridConfig, out: str | Path) -> list[RunRecord]:
     return runs
 
 
-def _rescore(run_dir: Path, protocol: str) -> dict[str, Any]:
-    """Score the best checkpoint of ``run_dir`` on valid and test under ``protocol``; writes
-    ``eval-<protocol>.json`` and ``ranks-<protocol>.parquet``."""
+def rescore_run(run_dir: str | Path, protocol: str | None = None, *, exclude_history: bool | None = None,
+                splits: tuple[str, ...] = ("valid", "test"), device: str | None = None,
+                data_dir: str | Path | None = None, reuse: bool = True, force: bool = False) -> dict[str, Any]:
+    """Score the best checkpoint of ``run_dir`` on ``splits`` under ``protocol`` and write the eval file
+    (:func:`mmseqrec.evaluate.runfiles.write_eval`, the one schema); returns the eval record.
+
+    The one re-scoring function behind ``mmseqrec evaluate`` and ``mmseqrec experiment``. With ``reuse`` a
+    setting whose requested splits are already scored is read back instead of scored again.
+    ``protocol=None`` / ``exclude_history=None`` keep the run's own settings. ``data_dir`` must hold the
+    dataset the run was trained on unless ``force`` (:func:`mmseqrec.train.run.check_data`); the eval file records
+    the dataset's identity either way.
+    """
     from ..data.split import leave_one_out
-    from ..fileio import atomic_write_json
+    from ..evaluate.runfiles import find_eval, write_eval
     from ..train.run import item_popularity, load_run
     from ..train.trainer import evaluate_model
 
-    slug = protocol_slug(protocol)
-    path = run_dir / f"eval-{slug}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    run = load_run(run_dir)
+    run_dir = Path(run_dir)
+    if reuse and protocol is not None:
+        rec = find_eval(run_dir, protocol, exclude_history)
+        # test ranks feed the paired tests; validation needs only its metrics
+        if rec is not None and all(rec.metrics(s) is not None for s in splits) and (
+                "test" not in splits or "test" in rec.ranks):
+            return rec.data
+    run = load_run(run_dir, device=device, data_dir=data_dir, force=force)
     split = leave_one_out(run.dataset.sequences, run.config.data.min_len)
     pop = item_popularity(split.seqs, split.train_end)
-    valid = evaluate_model(run.model, split.valid, split, run.config, run.device, protocol=protocol, popularity=pop)
-    test = evaluate_model(run.model, split.test, split, run.config, run.device, protocol=protocol, popularity=pop)
-    test.save_ranks(run_dir / f"ranks-{slug}.parquet")
-    res = {"protocol": str(test.protocol), "exclude_history": run.config.eval.exclude_history,
-           "seed": run.config.seed, "valid": valid.metrics, "test": test.metrics}
-    atomic_write_json(path, res)
-    return res
+    protocol = protocol or run.config.eval.protocol
+    results = {s: evaluate_model(run.model, getattr(split, s), split, run.config, run.device, protocol=protocol,
+                                 exclude_history=exclude_history, popularity=pop) for s in splits}
+    data = {"path": str(run.dataset.path), **run.dataset.identity, "forced": force}
+    path = write_eval(run_dir, results, extra={"seed": run.config.seed, "data": data})
+    return json.loads(path.read_text())
+
+
+def check_runs(grid: GridConfig, runs: list[RunRecord]) -> None:
+    """Before anything is trained: every dataset is prepared, every run's config validates, and the embedding
+    stores its item encoder reads exist (an :class:`~mmseqrec.errors.InputError` naming what is missing)."""
+    from ..embed.store import embed_dir
+    from ..errors import InputError
+    from ..train.config import load_experiment
+
+    check_datasets(grid)
+    for r in runs:
+        cfg = load_experiment(base=r.config)
+        enc = cfg.item_encoder
+        names = [*getattr(enc, "embeddings", list)(), *getattr(enc, "token_embeddings", list)()]
+        d = embed_dir(grid.datasets[r.dataset])
+        missing = [n for n in dict.fromkeys(names) if not (d / f"{n}.safetensors").exists()]
+        if missing:
+            raise InputError(f"variant {r.variant!r} needs the embedding store(s) {', '.join(missing)} in {d}; "
+                             f"create them with `mmseqrec embed {grid.datasets[r.dataset]} ... --out NAME`",
+                             file=grid._source, field=f"variants.{r.variant}")
+
+
+def _result_line(m: dict[str, Any], metrics: list[str], split: str, seconds: float | None) -> str:
+    """``split`` metrics (a validation-only grid shows no test numbers), best epoch with its validation value
+    of the first metric, seconds."""
+    shown = m.get(split) or {}
+    valid = m.get("valid") or {}
+    sel = next((k for k in metrics if k in valid), None)
+    parts = [f"{split} " + ", ".join(f"{k} {shown[k]:.4f}" for k in metrics if k in shown)]
+    if m.get("best_epoch") is not None:
+        parts.append(f"best epoch {m['best_epoch']}"
+                     + (f" (valid {sel} {valid[sel]:.4f})" if sel and split != "valid" else ""))
+    if seconds is not None:
+        parts.append(f"{seconds:.0f} s")
+    return "; ".join(parts)
 
 
 def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, dry_run: bool = False
              ) -> list[RunRecord]:
-    """Train and score every run of ``grid`` under ``out``; returns the run records."""
+    """Train and score every run of ``grid`` under ``out``; returns the run records.
+
+    Prints one line when a run starts and one with its result (test metrics, best epoch, seconds), also
+    without progress bars. Datasets, configs and embedding stores are checked first (also by ``dry_run``).
+    """
     from ..train.config import load_experiment
     from ..train.trainer import train
 
     runs = plan_runs(grid, out)
+    check_runs(grid, runs)
+    if dry_run:
+        for name, p in grid.datasets.items():
+            _console.print(f"dataset {name}: {p} (prepared)", highlight=False)
+    t_all = time.perf_counter()
     for i, r in enumerate(runs, 1):
         tag = f"[{i}/{len(runs)}] {r.dataset} / {r.variant} / {r.backbone} / seed {r.seed}"
         if dry_run:
-            _console.print(f"{tag} -> {r.run_dir}")
+            _console.print(f"{tag} -> {r.run_dir}", highlight=False)
             continue
         metrics_path = r.run_dir / "metrics.json"
         if metrics_path.exists():
-            _console.print(f"{tag}: done already, skipped")
+            m = json.loads(metrics_path.read_text())
+            _console.print(f"{tag}: done already: {_result_line(m, grid.metrics, grid.report_split, None)}",
+                           highlight=False)
         else:
             cfg_dict = deep_merge(r.config, {"train": {"progress": progress}})
             cfg = load_experiment(base=cfg_dict)
             resume = (r.run_dir / "state.json").exists()
-            _console.print(f"{tag}: {'resuming' if resume else 'training'}")
+            _console.print(f"{tag}: {'resuming' if resume else 'training'} ...", highlight=False)
+            t0 = time.perf_counter()
             m = train(cfg, r.run_dir, resume=resume, overwrite=not resume)
-            _console.print(f"{tag}: test " + ", ".join(f"{k} {m['test'][k]:.4f}" for k in grid.metrics
-                                                      if k in m["test"]))
+            _console.print(f"{tag}: {_result_line(m, grid.metrics, grid.report_split, time.perf_counter() - t0)}",
+                           highlight=False)
         for p in grid.protocols[1:]:
-            _rescore(r.run_dir, p)
+            t0 = time.perf_counter()
+            res = rescore_run(r.run_dir, p, splits=(grid.report_split,))
+            shown = res.get(grid.report_split) or {}
+            _console.print(f"{tag}: {p}: {grid.report_split} " + ", ".join(f"{k} {shown[k]:.4f}" for k in grid.metrics
+                                                                         if k in shown)
+                           + f" ({time.perf_counter() - t0:.0f} s)", highlight=False)
+    if not dry_run:
+        _console.print(f"{len(runs)} run(s) in {time.perf_counter() - t_all:.0f} s", highlight=False)
     return runs

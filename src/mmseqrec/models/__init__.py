@@ -1,6 +1,7 @@
 """Model layer (pure torch, no I/O): item encoders, backbones, objectives and the sequence model."""
 
 from .base import Backbone, ItemEncoder
+from .baselines import ClosedFormModel, ItemKNN, ItemKNNConfig, Pop, PopConfig
 from .bert4rec import BERT4Rec, BERT4RecConfig, cloze
 from .gru4rec import GRU4Rec, GRU4RecConfig
 from .item_encoders import ContentEmbedding, ContentEmbeddingConfig, IdEmbedding, IdEmbeddingConfig
@@ -13,6 +14,7 @@ __all__ = [
     "BERT4RecConfig",
     "Backbone",
     "Batch",
+    "ClosedFormModel",
     "ContentEmbedding",
     "ContentEmbeddingConfig",
     "GRU4Rec",
@@ -20,7 +22,11 @@ __all__ = [
     "IdEmbedding",
     "IdEmbeddingConfig",
     "ItemEncoder",
+    "ItemKNN",
+    "ItemKNNConfig",
     "ObjectiveConfig",
+    "Pop",
+    "PopConfig",
     "SASRec",
     "SASRecConfig",
     "SequenceModel",

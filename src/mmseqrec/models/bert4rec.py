@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from ..config import Config
@@ -32,14 +33,14 @@ class BERT4RecConfig(Config):
     """
 
     name: Literal["bert4rec"] = "bert4rec"
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
-    max_len: int = 200
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    max_len: int = Field(200, ge=1)
     pre_ln: bool = True
-    ffn_mult: int = 4
+    ffn_mult: int = Field(4, ge=1)
     activation: Literal["relu", "gelu"] = "gelu"
-    mask_prob: float = 0.2
+    mask_prob: float = Field(0.2, gt=0, lt=1)
     last_item_copy: bool = True
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..config import Config
@@ -28,9 +29,9 @@ class GRU4RecConfig(Config):
     """
 
     name: Literal["gru4rec"] = "gru4rec"
-    n_layers: int = 1
-    dropout: float = 0.2
-    max_len: int = 200
+    n_layers: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    max_len: int = Field(200, ge=1)
     bias: bool = False
 
 

@@ -7,6 +7,7 @@ or frozen features are passed in as tensors (the ``train`` package reads them fr
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..config import Config
@@ -27,7 +28,7 @@ class IdEmbeddingConfig(Config):
     """
 
     name: str = "id"
-    dim: int = 64
+    dim: int = Field(64, ge=1)
     init: str | None = None
     freeze: bool = False
 
@@ -93,10 +94,10 @@ class ContentEmbeddingConfig(Config):
 
     name: str = "content"
     embedding: str
-    dim: int = 64
-    hidden: int | None = None
+    dim: int = Field(64, ge=1)
+    hidden: int | None = Field(None, ge=1)
     activation: bool = False
-    dropout: float = 0.0
+    dropout: float = Field(0.0, ge=0, lt=1)
 
     def embeddings(self) -> list[str]:
         return [self.embedding]

@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from ..config import Config
@@ -41,8 +42,8 @@ class ObjectiveConfig(Config):
     """
 
     name: Literal["bce", "sampled-softmax", "ce", "gbce"] = "bce"
-    n_negatives: int = 256
-    gbce_t: float = 0.75
+    n_negatives: int = Field(256, ge=1)
+    gbce_t: float = Field(0.75, ge=0, le=1)
     positions: Literal["all", "last"] = "all"
 
 

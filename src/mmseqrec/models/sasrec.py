@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..config import Config
@@ -40,13 +41,13 @@ class SASRecConfig(Config):
     """
 
     name: Literal["sasrec"] = "sasrec"
-    n_layers: int = 2
-    n_heads: int = 1
-    dropout: float = 0.2
-    max_len: int = 200
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    max_len: int = Field(200, ge=1)
     causal: bool = True
     pre_ln: bool = True
-    ffn_mult: int = 1
+    ffn_mult: int = Field(1, ge=1)
     activation: Literal["relu", "gelu"] = "relu"
 
 

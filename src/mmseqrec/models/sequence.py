@@ -111,10 +111,15 @@ class SequenceModel(nn.Module):
         return s
 
     def score(self, input_ids: Tensor, candidates: Tensor) -> Tensor:
-        """Scores ``[B, C]`` of ``candidates [B, C]``."""
+        """Scores ``[B, C]`` of ``candidates [B, C]``.
+
+        Every candidate's score is computed with the same arithmetic (elementwise product, then a sum over the
+        feature axis), so equal item vectors give bit-identical scores and tie exactly; a batched ``einsum``
+        rounds differently per column.
+        """
         table = self.item_encoder.table()
         u = self.user_states(input_ids, table)
-        return torch.einsum("bd,bcd->bc", u, self.item_matrix(table)[candidates])
+        return (u.unsqueeze(1) * self.item_matrix(table)[candidates]).sum(-1)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.hidden(input_ids)

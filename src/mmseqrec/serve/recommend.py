@@ -1,36 +1,48 @@
 """Top-K recommendations for any history of original item ids, from a trained run directory.
 
-Unknown ids are reported back, never an error; an empty (or all-unknown) history still gets recommendations
-(the model's state for an empty sequence).
+Unknown ids are reported back. A history with no known item is an error by default (the model has nothing to
+condition on); ``cold="popularity"`` answers it with the most popular training items instead, and the result
+says so (``source == "popularity"``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-__all__ = ["RecommendResult", "Recommender", "recommend"]
+from ..errors import InputError
+
+__all__ = ["COLD_POLICIES", "RecommendResult", "Recommender", "recommend"]
+
+COLD_POLICIES = ("error", "popularity")
 
 
 @dataclass
 class RecommendResult:
-    """``items``: ``(original item id, title, score)`` best first; ``unknown``: ids not in the catalogue."""
+    """``items``: ``(original item id, title, score)`` best first; ``unknown``: ids not in the catalogue.
+
+    ``source`` is ``"model"`` (scores are the model's) or ``"popularity"`` (no known history: scores are training
+    interaction counts).
+    """
 
     items: list[tuple[str, str, float]]
     unknown: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
+    source: Literal["model", "popularity"] = "model"
 
 
 class Recommender:
     """A loaded run that answers many queries (loads the checkpoint and the item table once)."""
 
-    def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None) -> None:
+    def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None,
+                 force: bool = False) -> None:
         from ..train.run import load_run
 
-        self.run = load_run(run_dir, device=device, data_dir=data_dir)
+        self.run = load_run(run_dir, device=device, data_dir=data_dir, force=force)
         ds = self.run.dataset
         self.index = ds.item_index()
         self.ids = ds.item_ids()
@@ -38,35 +50,77 @@ class Recommender:
         titles = ["" if t is None else str(t) for t in items["title"].to_list()] if "title" in items.columns else []
         self.titles = np.asarray([""] + titles if titles else [""] * self.ids.size, dtype=object)
         self.max_len = int(self.run.config.train.max_len)
+        self._popularity: torch.Tensor | None = None
+        self.search = None  # a FaissSearch over the item vectors (mmseqrec.serve.index); None = exact
 
-    def __call__(self, history: list[str], k: int = 10, exclude_seen: bool = True) -> RecommendResult:
+    def popularity(self) -> torch.Tensor:
+        """Training interactions per item id (index 0 = padding), as used by the popularity baseline."""
+        if self._popularity is None:
+            from ..data.split import leave_one_out
+            from ..train.run import item_popularity
+
+            sp = leave_one_out(self.run.dataset.sequences, self.run.config.data.min_len)
+            self._popularity = torch.from_numpy(item_popularity(sp.seqs, sp.train_end)).double()
+        return self._popularity
+
+    def _model_scores(self, ids: torch.Tensor, need: int) -> torch.Tensor:
+        """Scores ``[n_items + 1]`` for one left-padded history: exact (``score_all``), or the top-``need`` of
+        ``self.search`` and ``-inf`` elsewhere."""
+        if self.search is None:
+            return self.run.model.score_all(ids).float()[0].cpu()
+        return self.search.scores(self.run.model.user_states(ids)[0], need)
+
+    def __call__(self, history: list[str], k: int = 10, exclude_seen: bool = True,
+                 cold: Literal["error", "popularity"] = "error") -> RecommendResult:
+        if int(k) < 1:
+            raise InputError(f"k must be at least 1, got {k}", field="-k")
+        if cold not in COLD_POLICIES:
+            raise InputError(f"unknown cold-start policy {cold!r}; choose one of {', '.join(COLD_POLICIES)}",
+                             field="--cold")
         known = [self.index[h] for h in history if h in self.index]
         unknown = [h for h in history if h not in self.index]
-        ids = torch.zeros(1, self.max_len, dtype=torch.long)
-        tail = known[-self.max_len:]
-        if tail:
+        if not known:
+            if cold == "error":
+                what = ("no history given" if not history else
+                        f"none of the {len(history)} history id(s) is in the catalogue ({', '.join(history[:5])}"
+                        f"{', ...' if len(history) > 5 else ''})")
+                raise InputError(f"{what}; pass original item ids with --history, or --cold popularity for the "
+                                 "most popular items", field="--history")
+            scores = self.popularity().clone()
+            scores[0] = float("-inf")
+            source: Literal["model", "popularity"] = "popularity"
+        else:
+            ids = torch.zeros(1, self.max_len, dtype=torch.long)
+            tail = known[-self.max_len:]
             ids[0, -len(tail):] = torch.tensor(tail, dtype=torch.long)
-        with torch.no_grad():
-            scores = self.run.model.score_all(ids.to(self.run.device)).float()[0].cpu()
-        if exclude_seen and known:
-            scores[torch.tensor(known, dtype=torch.long)] = float("-inf")
-        k = max(0, min(int(k), int(torch.isfinite(scores).sum())))
+            with torch.no_grad():
+                scores = self._model_scores(ids.to(self.run.device), int(k) + len(known) + 1)
+            scores[0] = float("-inf")  # padding is never an item
+            source = "model"
+            if exclude_seen:
+                scores[torch.tensor(known, dtype=torch.long)] = float("-inf")
+        k = min(int(k), int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)
         items = [(str(self.ids[i]), str(self.titles[i]), float(s))
                  for i, s in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
-        return RecommendResult(items=items, unknown=unknown, history=[str(h) for h in history])
+        return RecommendResult(items=items, unknown=unknown, history=[str(h) for h in history], source=source)
 
 
 def recommend(run_dir: str | Path, history: list[str], k: int = 10, exclude_seen: bool = True,
-              device: str | None = "cpu") -> RecommendResult:
+              device: str | None = "cpu", cold: Literal["error", "popularity"] = "error",
+              data_dir: str | Path | None = None, force: bool = False) -> RecommendResult:
     """Top-``k`` items for ``history`` (original item ids, oldest first) with the run's best checkpoint.
 
     Parameters
     ----------
     run_dir : a directory written by ``mmseqrec train``.
     history : original item ids; ids not in the catalogue are listed in ``result.unknown``.
-    k : number of items.
+    k : number of items (at least 1).
     exclude_seen : never recommend an item of the history.
     device : torch device for scoring.
+    cold : what to do when no history id is known: ``"error"`` (an :class:`~mmseqrec.errors.InputError`) or
+        ``"popularity"`` (the most popular training items; ``result.source == "popularity"``).
+    data_dir, force : another copy of the run's dataset (default: the recorded path); ``force`` allows a
+        dataset with other content (same item count), see :func:`mmseqrec.train.run.check_data`.
     """
-    return Recommender(run_dir, device=device)(list(history), k, exclude_seen)
+    return Recommender(run_dir, device=device, data_dir=data_dir, force=force)(list(history), k, exclude_seen, cold)

@@ -8,7 +8,7 @@ lists for their ``name``, so a typo in an option is an error naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
@@ -27,7 +27,7 @@ class DataConfig(Config):
     """
 
     path: str | None = None
-    min_len: int = 3
+    min_len: int = Field(3, ge=2)  # leave-one-out needs a valid and a test item
 
 
 class TrainConfig(Config):
@@ -49,27 +49,27 @@ class TrainConfig(Config):
     eval_every : evaluate on valid every N epochs.
     select_metric : validation metric used for early stopping and the best checkpoint.
     device : ``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1`` ...
-    bf16 : bf16 autocast (CUDA only; ignored on CPU).
+    bf16 : bf16 autocast for training steps (CUDA only; ignored on CPU). Evaluation always scores in float32.
     num_threads : torch CPU threads (``None`` = torch default).
     trim : cut each batch to its longest sequence (saves work on short-sequence data).
     compile : wrap the loss in ``torch.compile`` (GPU).
     progress : show rich progress bars.
     """
 
-    epochs: int = 200
+    epochs: int = Field(200, ge=0)
     windows: Literal["last", "all", "sampled"] = "all"
     window_stride: int | None = Field(None, ge=1)
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    max_len: int | None = None
-    grad_clip: float = 5.0
-    patience: int = 20
-    eval_every: int = 1
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_len: int | None = Field(None, ge=1)
+    grad_clip: float = Field(5.0, ge=0)
+    patience: int = Field(20, ge=0)
+    eval_every: int = Field(1, ge=1)
     select_metric: str = "NDCG@10"
     device: str = "auto"
     bf16: bool = True
-    num_threads: int | None = None
+    num_threads: int | None = Field(None, ge=1)
     trim: bool = True
     compile: bool = False
     progress: bool = True
@@ -85,9 +85,9 @@ class EvalConfig(Config):
     """
 
     protocol: str = "full"
-    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
     exclude_history: bool = False
-    batch_size: int = 512
+    batch_size: int = Field(512, ge=1)
 
 
 def _typed_section(v: Any, spec: Any, default: str) -> Any:
@@ -109,7 +109,7 @@ class ExperimentConfig(Config):
     regularizers: list[SerializeAsAny[Config]] = Field(default_factory=list)
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    seed: int = 42
+    seed: int = Field(42, ge=0)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -130,6 +130,17 @@ class ExperimentConfig(Config):
             raise ValueError("regularizers must be a list of {name: ..., ...} sections")  # noqa: TRY004 (pydantic)
         return [regularizer_spec(str(r.get("name"))).config_cls.model_validate(r) if isinstance(r, dict) else r
                 for r in v]
+
+    @model_validator(mode="after")
+    def _metric(self) -> ExperimentConfig:
+        metric = self.train.select_metric
+        known = {f"{n}@{k}" for n in ("HR", "NDCG", "MRR") for k in self.eval.ks}
+        if self.eval.protocol.strip() != "full":
+            known |= {"AUC", "AUC_global"}
+        if metric not in known:
+            raise ValueError(f"train.select_metric {metric!r} is not computed under eval.protocol="
+                             f"{self.eval.protocol!r} and eval.ks={self.eval.ks}; choose one of {', '.join(sorted(known))}")
+        return self
 
     @model_validator(mode="after")
     def _resolve(self) -> ExperimentConfig:

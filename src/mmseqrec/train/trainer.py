@@ -25,12 +25,21 @@ import torch
 from ..config import dump_config
 from ..data.dataset import DatasetDir
 from ..data.split import EvalSet, LeaveOneOut, leave_one_out
-from ..errors import InputError
+from ..errors import InputError, MmseqrecError
 from ..fileio import atomic_write_json, atomic_write_text
+from ..models.baselines import ClosedFormModel
 from ..models.sequence import SequenceModel
 from ..registry import regularizer_spec
 from .batching import TrainBatches
-from .checkpoint import load_model, load_optimizer, save_model, save_optimizer
+from .checkpoint import (
+    load_model,
+    load_optimizer,
+    read_checkpoint,
+    save_model,
+    save_optimizer,
+    write_checkpoint,
+)
+from .closed_form import fit_closed_form
 from .config import ExperimentConfig, load_experiment
 from .run import (
     BEST,
@@ -42,6 +51,7 @@ from .run import (
     RANKS,
     STATE,
     build_model,
+    is_run_file,
     item_popularity,
     load_tensors,
     resolve_device,
@@ -54,18 +64,23 @@ _RESUMABLE = {("train", "epochs"), ("train", "patience"), ("train", "progress"),
               ("train", "num_threads"), ("train", "compile"), ("data", "path")}
 
 
-def make_score_fn(model: SequenceModel, device: torch.device, bf16: bool = True):
-    """``score_fn(histories, candidates | None)`` for :func:`mmseqrec.evaluate.evaluate_ranking`."""
-    use_bf16 = bf16 and device.type == "cuda"
+def make_score_fn(model: SequenceModel, device: torch.device):
+    """``score_fn(histories, candidates | None)`` for :func:`mmseqrec.evaluate.evaluate_ranking`.
+
+    Always float32: autocast is switched off even inside an autocast region (bf16 is for training steps only;
+    bf16 scores tie most candidates and lower HR@K), and the model's parameters must be float32.
+    """
 
     @torch.no_grad()
     def score_fn(histories: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-        with ctx:
+        with torch.autocast(device.type, enabled=False):
             h = histories.to(device)
             s = model.score_all(h) if candidates is None else model.score(h, candidates.to(device))
-        return s.float()
+        if s.dtype != torch.float32:
+            raise MmseqrecError(f"evaluation scores must be float32, got {s.dtype}")
+        return s
 
+    score_fn.scoring_dtype = "float32"  # type: ignore[attr-defined]
     return score_fn
 
 
@@ -79,7 +94,7 @@ def evaluate_model(model: SequenceModel, evalset: EvalSet, split: LeaveOneOut, c
     model.eval()
     try:
         return evaluate_ranking(
-            make_score_fn(model, device, cfg.train.bf16), evalset, split.seqs,
+            make_score_fn(model, device), evalset, split.seqs,
             Protocol.parse(protocol or cfg.eval.protocol), tuple(cfg.eval.ks),
             exclude_history=cfg.eval.exclude_history if exclude_history is None else exclude_history,
             max_len=int(cfg.train.max_len), batch_size=cfg.eval.batch_size, device=str(device),
@@ -135,6 +150,10 @@ class Trainer:
         np.random.seed(cfg.seed % (2**32))
         tensors = load_tensors(cfg)
         self.model = build_model(cfg, self.ds.n_items, tensors).to(self.device)
+        if isinstance(self.model, ClosedFormModel):  # pop / itemknn: fitted once in fit(), no optimiser
+            self.n_params = self.model.n_stored()
+            self._make_run_dir()
+            return
         self.causal = not self.model.bidirectional
         width = int(cfg.train.max_len) + (1 if self.causal else 0)
         self.batches = TrainBatches(self.split.seqs, self.split.train_end, width, cfg.train.batch_size,
@@ -149,6 +168,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.n_params = int(sum(p.numel() for p in params))
         self._loss = torch.compile(self.model.loss) if cfg.train.compile else self.model.loss
+        self._make_run_dir()
 
     # ------------------------------------------------------------------ run dir
     def _check_run_dir(self, overwrite: bool) -> None:
@@ -165,9 +185,20 @@ class Trainer:
         elif exists:
             if not overwrite:
                 raise InputError("run directory exists and is not empty (use --resume or --overwrite)", file=run)
-            for name in (CONFIG, BEST, LAST, OPTIM, STATE, LOG, METRICS, RANKS):
-                (run / name).unlink(missing_ok=True)
-        run.mkdir(parents=True, exist_ok=True)
+            foreign = [p.name for p in sorted(run.iterdir()) if not is_run_file(p)]
+            if foreign:
+                raise InputError(f"--overwrite removes a previous run, but this directory holds {foreign[0]!r}, "
+                                 "which `mmseqrec train` did not write: move it away or pick another --out", file=run)
+        self._old_files = [p for p in run.iterdir() if is_run_file(p)] if exists and not self.resume else []
+
+    def _make_run_dir(self) -> None:
+        """Called once the config, data and model are known to be good: remove every file of the run being
+        overwritten (checkpoints, logs, metrics, eval-*.json, ranks-*.parquet), then create the directory."""
+        import shutil
+
+        for p in self._old_files:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        self.run.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ epochs
     def _autocast(self):
@@ -215,17 +246,24 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train with early stopping on valid, then score test with the best checkpoint; returns metrics."""
+        if isinstance(self.model, ClosedFormModel):
+            return fit_closed_form(self)
         cfg, run = self.cfg, self.run
         state = {"epoch": 0, "best_metric": None, "best_epoch": 0, "bad_evals": 0, "best_valid": {},
                  "stopped": False}
         log_lines: list[str] = []
         if self.resume:
-            state.update(json.loads((run / STATE).read_text()))
+            state.update(read_checkpoint(run, STATE))
+            recorded = (state.get("data") or {}).get("sha256")
+            if recorded and recorded != self.ds.identity["sha256"]:
+                raise InputError(f"this run was trained on another dataset (sha256 {recorded[:12]}, this one "
+                                 f"{self.ds.identity['sha256'][:12]}); cannot resume on it", file=self.ds.path)
             load_model(run / LAST, self.model, self.device)
             load_optimizer(run / OPTIM, self.optimizer)
             if (run / LOG).exists():
                 log_lines = [ln for ln in (run / LOG).read_text().splitlines()
                              if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
+        state["data"] = {"path": str(self.ds.path), **self.ds.identity}
         atomic_write_text(run / CONFIG, dump_config(cfg))
         metric = cfg.train.select_metric
         has_valid = len(self.split.valid) > 0
@@ -234,6 +272,7 @@ class Trainer:
             while epoch < cfg.train.epochs and not state["stopped"]:
                 row = {"epoch": epoch + 1, **self.train_epoch(epoch, progress)}
                 epoch += 1
+                best = False
                 if has_valid and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
                     t0 = time.perf_counter()
                     res = evaluate_model(self.model, self.split.valid, self.split, cfg, self.device,
@@ -246,18 +285,16 @@ class Trainer:
                     value = float(res.metrics[metric])
                     if state["best_metric"] is None or value > state["best_metric"]:
                         state.update(best_metric=value, best_epoch=epoch, bad_evals=0, best_valid=res.metrics)
-                        save_model(run / BEST, self.model, {"epoch": str(epoch)})
+                        best = True
                     else:
                         state["bad_evals"] += 1
                         if cfg.train.patience and state["bad_evals"] >= cfg.train.patience:
                             state["stopped"] = True
                 elif not has_valid:
                     state.update(best_epoch=epoch)
-                    save_model(run / BEST, self.model, {"epoch": str(epoch)})
+                    best = True
                 state["epoch"] = epoch
-                save_model(run / LAST, self.model, {"epoch": str(epoch)})
-                save_optimizer(run / OPTIM, self.optimizer)
-                atomic_write_json(run / STATE, state)
+                self._save_checkpoint(state, epoch, best)
                 log_lines.append(json.dumps(row))
                 atomic_write_text(run / LOG, "\n".join(log_lines) + "\n")
                 if progress.disable is False:
@@ -268,6 +305,14 @@ class Trainer:
                         + f", {row['targets_per_s']:.0f} targets/s")
         return self.finish(state)
 
+    def _save_checkpoint(self, state: dict[str, Any], epoch: int, best: bool) -> None:
+        """last + optimiser (+ best) + state.json as one unit (:func:`~.checkpoint.write_checkpoint`)."""
+        meta = {"epoch": str(epoch)}
+        writers = {LAST: lambda p: save_model(p, self.model, meta), OPTIM: lambda p: save_optimizer(p, self.optimizer)}
+        if best:
+            writers[BEST] = lambda p: save_model(p, self.model, meta)
+        write_checkpoint(self.run, writers, state, STATE)
+
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         """Score test with the best checkpoint; write metrics.json and ranks.parquet."""
         cfg, run = self.cfg, self.run
@@ -277,9 +322,10 @@ class Trainer:
         res = evaluate_model(self.model, self.split.test, self.split, cfg, self.device, popularity=self.popularity)
         res.save_ranks(run / RANKS)
         metrics = {
-            "protocol": str(res.protocol), "exclude_history": cfg.eval.exclude_history, "seed": cfg.seed,
+            **res.setting(), "seed": cfg.seed,
             "n_params": self.n_params, "best_epoch": int(state["best_epoch"]), "epochs_run": int(state["epoch"]),
             "valid": state.get("best_valid", {}), "test": res.metrics,
+            "data": {"path": str(self.ds.path), **self.ds.identity},
         }
         atomic_write_json(run / METRICS, metrics)
         return metrics

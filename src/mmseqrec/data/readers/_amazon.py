@@ -54,7 +54,7 @@ def read_reviews(
     paths: list[Path], *, user: str, item: str, time: str, rating: str, time_type: type = int
 ) -> pl.DataFrame:
     """Read review JSON lines (plain or .gz) into the canonical interaction columns, in file order."""
-    schema = {user: pl.Utf8, item: pl.Utf8, time: pl.Int64, rating: pl.Float32}
+    schema = {user: pl.Utf8, item: pl.Utf8, time: pl.Float64, rating: pl.Float32}  # 1.7e12 ms: exact in float64
     frames = []
     for p in paths:
         df = read_ndjson_blocks(
@@ -63,7 +63,7 @@ def read_reviews(
             [
                 pl.col(user).cast(pl.Categorical).alias("user_id"),
                 pl.col(item).cast(pl.Categorical).alias("item_id"),
-                pl.col(time).alias("timestamp"),
+                pl.col(time).cast(pl.Int64).alias("timestamp"),
                 pl.col(rating).alias("rating"),
             ],
             json_fields={user: str, item: str, time: (int, float)},

@@ -29,8 +29,10 @@ __all__ = [
     "check_not_null",
     "collect",
     "expand_paths",
+    "explain_parse_error",
     "first_line",
     "iter_line_blocks",
+    "locate_bad_csv_line",
     "locate_bad_json_line",
     "open_text",
     "read_lines",
@@ -141,27 +143,124 @@ def locate_bad_json_line(path: Path, fields: dict[str, type | tuple[type, ...]] 
             for name, types in (fields or {}).items():
                 if name not in obj or obj[name] is None:
                     return InputError("missing required field", file=path, line=lineno, field=name)
-                if not isinstance(obj[name], types):
+                if not _is_type(obj[name], types):
                     return InputError(f"unexpected value {obj[name]!r}", file=path, line=lineno, field=name)
     return InputError("could not parse the file as JSON lines", file=path)
 
 
+def _is_type(value: Any, types: type | tuple[type, ...]) -> bool:
+    """``isinstance`` where a JSON ``true``/``false`` is not a number."""
+    types = types if isinstance(types, tuple) else (types,)
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+#: What polars (and gzip underneath it) raise on a malformed, empty, truncated or undecodable input file.
+PARSE_ERRORS = (
+    pl.exceptions.ComputeError,
+    pl.exceptions.SchemaError,
+    pl.exceptions.InvalidOperationError,
+    pl.exceptions.NoDataError,
+    OSError,
+    EOFError,
+)
+
+
+def _first_line_of(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _utf8_error(path: Path) -> InputError | None:
+    """The first line that is not valid UTF-8 (error path only)."""
+    with _open_binary(path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return InputError(f"not valid UTF-8 (byte {exc.start + 1} of the line); re-save the file as UTF-8",
+                                  file=path, line=lineno)
+    return None
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def _gzip_error(path: Path, exc: BaseException) -> InputError | None:
+    """For a ``.gz`` that cannot be fully decompressed: the line where the readable data stops."""
+    if not str(path).endswith(".gz"):
+        return None
+    lineno = 1
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read1(1 << 16):  # read1: keep what decompresses before the damage
+                lineno += chunk.count(b"\n")
+    except (OSError, EOFError) as err:
+        return InputError(f"truncated or corrupt gzip file ({_first_line_of(err)})", file=path, line=lineno)
+    return None
+
+
+def locate_bad_csv_line(path: Path, sep: str = ",", quote: str | None = '"', *, header: bool = True,
+                        n_fields: int | None = None, encoding: str = "utf-8") -> InputError | None:
+    """The first line of a delimited text file with the wrong number of fields, an unterminated quote or
+    invalid UTF-8 (error path only: a Python scan after polars rejected the file)."""
+    import csv
+
+    if (err := _gzip_error(path, EOFError())) is not None:
+        return err
+    if encoding == "utf-8" and (err := _utf8_error(path)) is not None:
+        return err
+    with open_text(path, encoding) as fh:
+        kw = {"quoting": csv.QUOTE_NONE} if quote is None else {"quotechar": quote}
+        reader = csv.reader(fh, delimiter=sep if len(sep) == 1 else ",", strict=True, **kw)
+        expected = n_fields
+        start = 1
+        try:
+            for row in reader:
+                if row and any(c.strip() for c in row):
+                    if expected is None:
+                        expected = len(row)
+                        if header:
+                            start = reader.line_num + 1
+                            continue
+                    if len(row) != expected:
+                        return InputError(f"expected {expected} fields, found {len(row)}", file=path,
+                                          line=reader.line_num)
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            return InputError(f"malformed CSV ({exc}; a quoted field starting here is never closed?)",
+                              file=path, line=start)
+    return None
+
+
+def explain_parse_error(path: Path, exc: BaseException, *, sep: str = ",", quote: str | None = '"',
+                        json_fields: dict | None = None, header: bool = True, encoding: str = "utf-8") -> InputError:
+    """Turn a polars/gzip error about ``path`` into an :class:`InputError` naming the line when it can be
+    found (JSON lines, delimited text, truncated gzip, invalid UTF-8) and the plain reason otherwise."""
+    if isinstance(exc, pl.exceptions.NoDataError):
+        return InputError("the file is empty" + (" (no header)" if header else ""), file=path)
+    name = path.name.lower().removesuffix(".gz")
+    located: InputError | None
+    if json_fields is not None or name.endswith((".jsonl", ".ndjson", ".json")):
+        located = _gzip_error(path, exc) or _utf8_error(path) or locate_bad_json_line(path, json_fields)
+        if located.line is None:
+            located = None
+    elif name.endswith((".parquet", ".pq")):
+        located = None
+    else:
+        located = locate_bad_csv_line(path, sep, quote, header=header, encoding=encoding)
+    return located or InputError(f"cannot parse: {_first_line_of(exc)}", file=path)
+
+
 def collect(
-    frame: pl.LazyFrame | pl.DataFrame, path: Path, *, json_fields: dict | None = None
+    frame: pl.LazyFrame | pl.DataFrame, path: Path, *, json_fields: dict | None = None, sep: str = ","
 ) -> pl.DataFrame:
     """Collect a lazy scan with the streaming engine, turning polars parse errors into :class:`InputError`."""
     try:
         if isinstance(frame, pl.LazyFrame):
             return frame.collect(engine="streaming")
         return frame
-    except (
-        pl.exceptions.ComputeError,
-        pl.exceptions.SchemaError,
-        pl.exceptions.InvalidOperationError,
-    ) as exc:
-        if json_fields is not None:
-            raise locate_bad_json_line(path, json_fields) from None
-        raise InputError(f"cannot parse: {str(exc).splitlines()[0]}", file=path) from None
+    except PARSE_ERRORS as exc:
+        raise explain_parse_error(path, exc, sep=sep, json_fields=json_fields) from None
 
 
 def check_columns(columns: Sequence[str], required: Sequence[str | None], path: Path) -> None:
@@ -222,8 +321,9 @@ def read_lines(path: Path, encoding: str = "utf8") -> pl.DataFrame:
         )
     except pl.exceptions.NoDataError:
         return pl.DataFrame({"line": [], "lineno": []}, schema={"line": pl.Utf8, "lineno": pl.Int64})
-    except pl.exceptions.ComputeError as exc:
-        raise InputError(f"cannot read: {str(exc).splitlines()[0]}", file=path) from None
+    except (pl.exceptions.ComputeError, OSError, EOFError) as exc:
+        located = _gzip_error(path, exc) or (_utf8_error(path) if encoding == "utf8" else None)
+        raise (located or InputError(f"cannot read: {_first_line_of(exc)}", file=path)) from None
     return df.with_row_index("lineno", offset=1).with_columns(pl.col("lineno").cast(pl.Int64))
 
 
@@ -244,6 +344,14 @@ def _line_at_offset(path: Path, offset: int) -> int:
     return n
 
 
+def _read_gz(fh, n: int, path: Path, line: int) -> bytes:
+    try:
+        return fh.read(n)
+    except (OSError, EOFError) as exc:
+        raise (_gzip_error(path, exc) or InputError(f"truncated or corrupt gzip file ({_first_line_of(exc)})",
+                                                    file=path, line=line)) from None
+
+
 def iter_line_blocks(path: Path, block_bytes: int = 8 << 20) -> Iterator[tuple[bytes, Callable[[], int]]]:
     """Yield ``(block, first_line)`` of whole lines, ~``block_bytes`` each, so that huge files are parsed in
     bounded memory; ``first_line()`` returns the 1-based line number of the block's first line (computed only
@@ -255,7 +363,7 @@ def iter_line_blocks(path: Path, block_bytes: int = 8 << 20) -> Iterator[tuple[b
     if str(path).endswith(".gz"):
         rest = b""
         with gzip.open(path, "rb") as fh:
-            while chunk := fh.read(block_bytes):
+            while chunk := _read_gz(fh, block_bytes, path, lineno):
                 data = rest + chunk
                 cut = data.rfind(b"\n")
                 if cut < 0:
@@ -309,7 +417,7 @@ def read_ndjson_blocks(
                 pl.exceptions.SchemaError,
                 pl.exceptions.InvalidOperationError,
             ):
-                err = _locate_in_block(block, first(), path, json_fields)
+                err = _locate_in_block(block, first(), path, json_fields, schema)
                 raise err from None
             frames.append(df)
             progress.advance(task, len(block))
@@ -318,8 +426,31 @@ def read_ndjson_blocks(
     return pl.concat(frames, rechunk=True)
 
 
-def _locate_in_block(block: bytes, first: int, path: Path, fields: dict | None) -> InputError:
-    for i, raw in enumerate(block.split(b"\n")):
+def _first_rejected(lines: list[bytes], schema: dict[str, pl.DataType]) -> int | None:
+    """Index of the first line polars rejects under ``schema`` (bisection over prefixes; error path only)."""
+    import io
+
+    def ok(n: int) -> bool:
+        try:
+            pl.read_ndjson(io.BytesIO(b"\n".join(lines[:n]) + b"\n"), schema=schema)
+        except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.InvalidOperationError):
+            return False
+        return True
+
+    if ok(len(lines)):
+        return None
+    lo, hi = 0, len(lines)  # ok(lo) holds, ok(hi) fails
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return hi - 1
+
+
+def _locate_in_block(block: bytes, first: int, path: Path, fields: dict | None,
+                     schema: dict[str, pl.DataType] | None = None) -> InputError:
+    lines = block.split(b"\n")
+    bad = _first_rejected(lines, schema) if schema is not None else None
+    for i, raw in enumerate(lines):
         if not raw.strip():
             continue
         lineno = first + i
@@ -335,9 +466,24 @@ def _locate_in_block(block: bytes, first: int, path: Path, fields: dict | None) 
         if not isinstance(obj, dict):
             return InputError("a JSON line must be an object", file=path, line=lineno)
         for name, types in (fields or {}).items():
-            if name in obj and obj[name] is not None and not isinstance(obj[name], types):
+            if name in obj and obj[name] is not None and not _is_type(obj[name], types):
                 return InputError(f"unexpected value {obj[name]!r}", file=path, line=lineno, field=name)
-    return InputError("could not parse the file as JSON lines", file=path, line=first)
+        if i == bad:
+            wrong = [k for k, t in (schema or {}).items() if k in obj and obj[k] is not None
+                     and _json_kind(obj[k]) != _json_kind_of(t)]
+            return InputError("value of an unexpected type" + (f" {obj[wrong[0]]!r}" if wrong else ""),
+                              file=path, line=lineno, field=wrong[0] if wrong else None)
+    return InputError("could not parse the file as JSON lines", file=path)
+
+
+def _json_kind(v: Any) -> str:
+    return ("bool" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else
+            "string" if isinstance(v, str) else "list" if isinstance(v, list) else "object")
+
+
+def _json_kind_of(dtype: pl.DataType) -> str:
+    return ("bool" if dtype == pl.Boolean else "number" if dtype.is_numeric() else
+            "string" if dtype == pl.Utf8 else "list" if isinstance(dtype, pl.List) else "object")
 
 
 def split_whitespace_lines(lines: pl.DataFrame) -> pl.DataFrame:

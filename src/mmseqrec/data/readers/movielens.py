@@ -14,7 +14,7 @@ import polars as pl
 
 from ...errors import InputError
 from ..raw import RawData
-from .base import ReaderOptions, expand_paths, read_lines, reading
+from .base import PARSE_ERRORS, ReaderOptions, expand_paths, explain_parse_error, read_lines, reading
 
 __all__ = ["ML100K_GENRES", "read"]
 
@@ -46,8 +46,9 @@ def _latin1_csv(path: Path, **kw) -> pl.DataFrame:
     data = path.read_bytes().decode("latin-1").encode("utf-8")
     try:
         return pl.read_csv(io.BytesIO(data), **kw)
-    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:
-        raise InputError(f"cannot parse: {str(exc).splitlines()[0]}", file=path) from None
+    except PARSE_ERRORS as exc:
+        raise explain_parse_error(path, exc, sep=kw.get("separator", ","), quote=kw.get("quote_char", '"'),
+                                  header=kw.get("has_header", True), encoding="latin-1") from None
 
 
 def _split_dat(path: Path, n: int, names: list[str]) -> pl.DataFrame:
@@ -150,8 +151,8 @@ def _mlcsv(ratings: Path, movies: Path | None) -> tuple[pl.DataFrame, pl.DataFra
             ratings,
             schema_overrides={"userId": pl.Utf8, "movieId": pl.Utf8, "rating": pl.Utf8, "timestamp": pl.Utf8},
         )
-    except pl.exceptions.ComputeError as exc:
-        raise InputError(f"cannot parse: {str(exc).splitlines()[0]}", file=ratings) from None
+    except PARSE_ERRORS as exc:
+        raise explain_parse_error(ratings, exc) from None
     for c in ("userId", "movieId", "rating", "timestamp"):
         if c not in df.columns:
             raise InputError("missing column", file=ratings, field=c)
@@ -159,7 +160,10 @@ def _mlcsv(ratings: Path, movies: Path | None) -> tuple[pl.DataFrame, pl.DataFra
     inter = _cast_inter(df.with_columns(pl.col("lineno").cast(pl.Int64)), ratings)
     items = None
     if movies is not None:
-        m = pl.read_csv(movies, schema_overrides={"movieId": pl.Utf8})
+        try:
+            m = pl.read_csv(movies, schema_overrides={"movieId": pl.Utf8})
+        except PARSE_ERRORS as exc:
+            raise explain_parse_error(movies, exc) from None
         for c in ("movieId", "title"):
             if c not in m.columns:
                 raise InputError("missing column", file=movies, field=c)

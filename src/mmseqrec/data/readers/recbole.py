@@ -15,7 +15,15 @@ import polars as pl
 
 from ...errors import InputError
 from ..raw import RawData
-from .base import ReaderOptions, check_columns, expand_paths, first_line, reading
+from .base import (
+    PARSE_ERRORS,
+    ReaderOptions,
+    check_columns,
+    expand_paths,
+    explain_parse_error,
+    first_line,
+    reading,
+)
 
 __all__ = ["parse_header", "read"]
 
@@ -55,8 +63,17 @@ def _read_atomic(path: Path) -> pl.DataFrame:
             new_columns=names,
             schema={n: pl.Utf8 for n in names},
         )
-    except pl.exceptions.ComputeError as exc:
-        raise InputError(f"cannot parse: {str(exc).splitlines()[0]}", file=path) from None
+    except pl.exceptions.NoDataError:
+        raise InputError("no data rows (the file has only its header line)", file=path, line=2) from None
+    except PARSE_ERRORS as exc:
+        err = explain_parse_error(path, exc, sep="\t", quote=None, header=False)
+        if err.line is None:  # count the fields against the header
+            from .base import locate_bad_csv_line
+
+            err = locate_bad_csv_line(path, "\t", None, header=True, n_fields=len(names)) or err
+        raise err from None
+    if df.height == 0:
+        raise InputError("no data rows (the file has only its header line)", file=path, line=2)
     return df.with_row_index("lineno", offset=2).with_columns(pl.col("lineno").cast(pl.Int64))
 
 

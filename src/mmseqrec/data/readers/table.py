@@ -14,7 +14,17 @@ import polars as pl
 
 from ...errors import InputError
 from ..raw import RawData
-from .base import ReaderOptions, check_columns, check_not_null, collect, expand_paths, reading, to_epoch
+from .base import (
+    PARSE_ERRORS,
+    ReaderOptions,
+    check_columns,
+    check_not_null,
+    collect,
+    expand_paths,
+    explain_parse_error,
+    reading,
+    to_epoch,
+)
 
 __all__ = ["read", "scan_table"]
 
@@ -37,11 +47,15 @@ def scan_table(path: Path, sep: str = ",") -> pl.LazyFrame:
     raise InputError("unknown table type (use .csv, .tsv, .parquet or .jsonl)", file=path)
 
 
-def _schema(lf: pl.LazyFrame, path: Path) -> pl.Schema:
+def _sep(path: Path, sep: str) -> str:
+    return "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else sep
+
+
+def _schema(lf: pl.LazyFrame, path: Path, sep: str = ",") -> pl.Schema:
     try:
         return lf.collect_schema()
-    except (pl.exceptions.ComputeError, OSError) as exc:
-        raise InputError(f"cannot read: {str(exc).splitlines()[0]}", file=path) from None
+    except PARSE_ERRORS as exc:
+        raise explain_parse_error(path, exc, sep=_sep(path, sep)) from None
 
 
 def _row_offset(path: Path) -> tuple[int, str]:
@@ -61,7 +75,7 @@ def read(paths: list[Path], opts: ReaderOptions) -> RawData:
     offset = 0
     for p in files:
         lf = scan_table(p, opts.sep)
-        schema = _schema(lf, p)
+        schema = _schema(lf, p, opts.sep)
         check_columns(list(schema.names()), [opts.user_col, opts.item_col, time_col, opts.rating_col], p)
         cols = [
             pl.col(opts.user_col).cast(pl.Utf8).alias("user_id"),
@@ -74,7 +88,7 @@ def read(paths: list[Path], opts: ReaderOptions) -> RawData:
         if opts.rating_col:
             cols.append(pl.col(opts.rating_col).cast(pl.Float32, strict=False).alias("rating"))
         with reading(p.name):
-            df = collect(lf.select(cols), p)
+            df = collect(lf.select(cols), p, sep=_sep(p, opts.sep))
         start, unit = _row_offset(p)
         fields = {
             "user_id": opts.user_col,
@@ -99,10 +113,10 @@ def read(paths: list[Path], opts: ReaderOptions) -> RawData:
         key = opts.items_item_col or opts.item_col
         title = opts.title_col or "title"
         lf = scan_table(ip, opts.sep)
-        schema = _schema(lf, ip)
+        schema = _schema(lf, ip, opts.sep)
         check_columns(list(schema.names()), [key, title], ip)
         with reading(ip.name):
-            items = collect(lf, ip)
+            items = collect(lf, ip, sep=_sep(ip, opts.sep))
         rename = {key: "item_id", title: "title"}
         items = items.drop([c for c in ("item_id", "title") if c in items.columns and c not in rename])
         items = items.rename(rename).with_columns(

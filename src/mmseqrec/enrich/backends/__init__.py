@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pydantic import Field
+
 from ...config import Config
 from ...errors import InputError
 from .base import Backend, BackendInfo, Decoding, GenRequest, GenResponse
@@ -39,21 +41,21 @@ class BackendConfig(Config):
     model: str | None = None
     revision: str | None = None
     device: str = "auto"
-    batch_size: int = 8
-    max_pixels: int = 448 * 448
+    batch_size: int = Field(8, ge=1)
+    max_pixels: int = Field(448 * 448, ge=1)
     dtype: str = "auto"
     decoding: Decoding = Decoding()
     # openai
     api_base: str = "http://127.0.0.1:8000/v1"
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    retries: int = 4
-    backoff_s: float = 1.0
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    retries: int = Field(4, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
     # offline
-    threads: int | None = None  # CPU threads for torch (offline default: half the cores, at most 8)
-    tag_threshold: float = 0.2
-    max_tags: int = 3
+    threads: int | None = Field(None, ge=1)  # CPU threads for torch (offline default: half the cores, at most 8)
+    tag_threshold: float = Field(0.2, ge=0, le=1)
+    max_tags: int = Field(3, ge=1)
 
 
 def _offline(cfg: BackendConfig) -> Backend:

@@ -13,17 +13,25 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ...config import Config
+from pydantic import Field
 
-__all__ = ["Backend", "BackendInfo", "Decoding", "GenRequest", "GenResponse", "resize_to_budget"]
+from ...config import Config
+from ...errors import MmseqrecError
+
+__all__ = ["Backend", "BackendInfo", "BackendUnavailable", "Decoding", "GenRequest", "GenResponse",
+           "resize_to_budget"]
+
+
+class BackendUnavailable(MmseqrecError):
+    """The backend cannot serve any request (e.g. no server listens at its address); the run stops."""
 
 
 class Decoding(Config):
     """Decoding parameters; part of the cache key. Greedy unless ``temperature > 0``."""
 
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
 
     def key(self) -> str:
         """Canonical JSON (sorted keys) used in cache keys and stored with every output."""
@@ -84,6 +92,24 @@ class Backend(Protocol):
 
     def generate(self, requests: list[GenRequest]) -> list[GenResponse]:  # pragma: no cover - protocol
         ...
+
+
+def redact_url(url: str) -> str:
+    """``url`` without secrets, for everything stored or printed: the user:password part becomes ``***@`` and
+    every query value ``***`` (``http://u:pw@host/v1?token=abc`` -> ``http://***@host/v1?token=***``)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    if parts.query and not query:
+        query = "***"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, "***" if parts.fragment else ""))
 
 
 def resize_to_budget(image: Any, max_pixels: int) -> Any:

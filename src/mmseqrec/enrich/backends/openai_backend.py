@@ -1,7 +1,9 @@
 """OpenAI-compatible chat-completions backend (vLLM, SGLang, llama.cpp server, Ollama, OpenAI).
 
 Requests run concurrently on a thread pool (``concurrency``), each with a timeout; timeouts, connection
-errors, 429 and 5xx are retried with exponential backoff (honouring ``Retry-After``). The API key is read from
+errors, 429 and 5xx are retried with exponential backoff (honouring ``Retry-After``), except while the server
+has never answered: then a refused (or timed-out) connection fails at once and ``generate`` raises
+:class:`~.base.BackendUnavailable`, so a run against a server that is not up stops in a moment. The API key is read from
 the environment variable named by ``api_key_env`` (never from the command line or a file). Images are sent as
 base64 ``data:`` URLs (re-encoded as JPEG after resizing within ``max_pixels``).
 """
@@ -15,7 +17,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .base import BackendInfo, GenRequest, GenResponse, resize_to_budget, to_pil
+from .base import (
+    BackendInfo,
+    BackendUnavailable,
+    GenRequest,
+    GenResponse,
+    redact_url,
+    resize_to_budget,
+    to_pil,
+)
 
 __all__ = ["OpenAIBackend", "image_data_url"]
 
@@ -43,8 +53,21 @@ class OpenAIBackend:
                              field="--model")
         self.cfg = cfg
         self.url = cfg.api_base.rstrip("/") + "/chat/completions"
-        self.info = BackendInfo("openai", cfg.model, cfg.revision or cfg.api_base.rstrip("/"))
+        # the server URL identifies the outputs, but never with its credentials (stored in cache and Parquet)
+        self.info = BackendInfo("openai", cfg.model, cfg.revision or redact_url(cfg.api_base.rstrip("/")))
         self.api_key = os.environ.get(cfg.api_key_env, "")
+        self._reached = False  # any HTTP answer from the server so far
+        self._unreachable: str | None = None
+
+    def _where(self) -> str:
+        """scheme://host:port of the server (no credentials, path or query)."""
+        import httpx
+
+        try:
+            u = httpx.URL(self.cfg.api_base)
+            return f"{u.scheme}://{u.host}" + (f":{u.port}" if u.port else "")
+        except Exception:  # noqa: BLE001 - a malformed URL is reported by httpx on the first request
+            return "the --api-base server"
 
     def _body(self, r: GenRequest) -> dict[str, Any]:
         if r.image is not None:
@@ -65,13 +88,22 @@ class OpenAIBackend:
             return GenResponse(None, f"image: {type(exc).__name__}")
         reason = "not sent"
         for attempt in range(self.cfg.retries + 1):
+            if self._unreachable is not None and not self._reached:
+                return GenResponse(None, self._unreachable)
             if attempt:
                 time.sleep(min(60.0, self.cfg.backoff_s * 2 ** (attempt - 1)))
             try:
                 resp = client.post(self.url, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if not self._reached:  # nothing has ever answered there: do not wait through the retries
+                    self._unreachable = f"cannot connect to {self._where()}: {reason}"
+                    return GenResponse(None, self._unreachable)
+                continue
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 reason = f"{type(exc).__name__}"
                 continue
+            self._reached = True
             if resp.status_code in _RETRY:
                 reason = f"HTTP {resp.status_code}"
                 ra = resp.headers.get("retry-after")
@@ -97,4 +129,7 @@ class OpenAIBackend:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         with httpx.Client(timeout=self.cfg.timeout_s, headers=headers) as client, \
                 ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
-            return list(pool.map(lambda r: self._one(client, r), requests))
+            out = list(pool.map(lambda r: self._one(client, r), requests))
+        if self._unreachable is not None and not self._reached:
+            raise BackendUnavailable(f"{self._unreachable} (is the server running? check --api-base)")
+        return out

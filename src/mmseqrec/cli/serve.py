@@ -1,0 +1,61 @@
+"""``mmseqrec serve``: thin wiring over :mod:`mmseqrec.serve.app` (FastAPI + uvicorn, the ``serve`` extra)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` command to ``app``."""
+
+    @app.command("serve")
+    def serve_cmd(
+        runs: Annotated[list[str], typer.Argument(
+            help="Run directories of one dataset, as DIR or NAME=DIR (the first is the default run; two or more "
+                 "give the page's side-by-side view).")],
+        host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+        index: Annotated[list[str] | None, typer.Option(
+            help="Top-K search: exact (score every item), faiss (approximate, recall@10 vs exact measured at "
+                 "start and shown by /health) or auto (faiss from --faiss-threshold items; the default). Once "
+                 "for all runs, or once per run in order.")] = None,
+        faiss_threshold: Annotated[int, typer.Option(help="Catalogue size from which --index auto uses FAISS.")]
+            = 200_000,
+        data: Annotated[Path | None, typer.Option(help="Dataset directory (default: the one each run records).")]
+            = None,
+        device: Annotated[str, typer.Option(help="Torch device for scoring.")] = "cpu",
+    ) -> None:
+        """Serve recommendations over HTTP (POST /recommend, GET /items, /users, /health; docs at /docs) and a web
+        page at / . Set MMSEQREC_API_KEY to require the header X-API-Key on API calls."""
+        from ..errors import InputError, require
+        from ..serve.app import create_app
+        from ..serve.index import attach_index
+        from ..serve.recommend import Recommender
+
+        uvicorn = require("uvicorn", "serve", "mmseqrec serve")
+        require("fastapi", "serve", "mmseqrec serve")
+        if not 0 < port < 65536:
+            raise InputError(f"port must be 1..65535, got {port}", field="--port")
+        kinds = index or ["auto"]
+        if len(kinds) not in (1, len(runs)):
+            raise InputError(f"give --index once or once per run ({len(runs)}), not {len(kinds)} times",
+                             field="--index")
+        recs = {}
+        for j, spec in enumerate(runs):
+            name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
+            if name in recs:
+                raise InputError(f"two runs named {name!r}; name them NAME=DIR", field="RUNS")
+            same = next((r for r in recs.values() if r.run.path == Path(path)), None)
+            # the same run under two names (e.g. exact and faiss) shares the loaded model and catalogue
+            recs[name] = copy.copy(same) if same is not None else Recommender(path, device=device, data_dir=data)
+            info = attach_index(recs[name], kinds[j if len(kinds) > 1 else 0], faiss_threshold)
+            typer.echo(f"run {name}: {path} ({recs[name].run.config.model.name}), search: {info}")
+        api = create_app(recs)
+        typer.echo(f"serving on http://{host}:{port}/ (API docs at /docs)")
+        uvicorn.run(api, host=host, port=port, log_level="info")
