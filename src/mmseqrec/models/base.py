@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ItemEncoder", "Backbone"]
+__all__ = ["Backbone", "Dropout", "ItemEncoder", "dropout"]
 
 
 class ItemEncoder(nn.Module, ABC):
