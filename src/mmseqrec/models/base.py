@@ -51,7 +51,11 @@ class ItemEncoder(nn.Module, ABC):
         return t[:, ids]
 
     def mix_sequence(self, views: Tensor, mask: Tensor) -> Tensor:
-        """Sequence-level interaction between views, ``[V, B, L, d] -> [V, B, L, d]``. Default: identity."""
+        """Sequence-level interaction between views, ``[V, B, L, d] -> [V, B, L, d]``. Default: identity.
+
+        Runs on the *embedded* views: after the backbone's :meth:`Backbone.embed` (scale, positions, dropout)
+        and before its :meth:`Backbone.encode` (LLM-ESR's ``log2feats``).
+        """
         return views
 
     def aux_losses(self, ids: Tensor, table: Tensor | None = None) -> dict[str, Tensor]:
@@ -68,9 +72,21 @@ class Backbone(nn.Module, ABC):
 
     dim: int
     causal: bool  # True when position t only sees positions <= t (next-item objectives over all positions)
+    cloze: bool = False  # trained by cloze masking, scored through an appended mask token (BERT4Rec)
 
     @abstractmethod
     def forward(self, x: Tensor, mask: Tensor) -> Tensor: ...
+
+    def embed(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Input side of :meth:`forward` (scale, positions, dropout); ``forward == encode(embed(x))``.
+
+        Default: identity. Item encoders that mix views (LLM-ESR) do it between ``embed`` and ``encode``.
+        """
+        return x
+
+    def encode(self, h: Tensor, mask: Tensor) -> Tensor:
+        """The rest of :meth:`forward` over embedded inputs (default: ``forward``)."""
+        return self.forward(h, mask)
 
 
 def padding_mask(ids: Tensor) -> Tensor:

@@ -27,7 +27,11 @@ class BERT4RecConfig(Config):
 
     Attributes
     ----------
-    n_layers, n_heads, dropout, max_len, pre_ln, ffn_mult, activation : transformer options.
+    n_layers, n_heads, dropout, max_len, pre_ln, ffn_mult, activation : transformer options (our defaults:
+        2 heads, 4x GELU feed-forward as in the BERT4Rec paper; LLM-ESR's ``Bert4Rec`` uses SASRec's block:
+        1 head, 1x ReLU, dropout 0.5, see ``configs/presets/llmesr-bert4rec.yaml``).
+    block, positions, mask_padding : see :class:`~mmseqrec.models.sasrec.SASRecConfig` (LLM-ESR: ``sasrec``,
+        ``from-start``, ``false``).
     mask_prob : probability that a real position is selected as a cloze target (LLM-ESR scripts use 0.6).
     last_item_copy : also train on a copy of each sequence with only its last item masked (LLM-ESR).
     """
@@ -40,6 +44,9 @@ class BERT4RecConfig(Config):
     pre_ln: bool = True
     ffn_mult: int = Field(4, ge=1)
     activation: Literal["relu", "gelu"] = "gelu"
+    block: Literal["standard", "sasrec"] = "standard"
+    positions: Literal["from-end", "from-start"] = "from-end"
+    mask_padding: bool = True
     mask_prob: float = Field(0.2, gt=0, lt=1)
     last_item_copy: bool = True
 
@@ -49,7 +56,8 @@ class BERT4Rec(TransformerBackbone):
 
     def __init__(self, cfg: BERT4RecConfig, dim: int) -> None:
         super().__init__(dim, cfg.n_layers, cfg.n_heads, cfg.dropout, cfg.max_len, False, cfg.pre_ln,
-                         cfg.ffn_mult, cfg.activation)
+                         cfg.ffn_mult, cfg.activation, cfg.block, cfg.positions, cfg.mask_padding)
+        self.cloze = True
         self.mask_prob = float(cfg.mask_prob)
         self.last_item_copy = bool(cfg.last_item_copy)
 

@@ -16,7 +16,8 @@ Per item ``i`` (all computed in :meth:`DmesrEncoder.table`, once per step, never
   ``A_tok(tokens_i) [T, d]`` (padding tokens masked by the stored lengths);
 * fusion ``item`` (default): ``f_m = CA(query=m_i, kv=text tokens of i)``,
   ``f_t = CA(query=t_i, kv=[a_image, a_text, a_both] of i)``; ``sequence``: LLM-ESR's cross-attention over the
-  user's sequence in :meth:`DmesrEncoder.mix_sequence`; ``none``: ``(m_i, t_i)``;
+  user's sequence in :meth:`DmesrEncoder.mix_sequence` (same module, mask and order as ``llmesr``: after the
+  backbone's scale, positions and dropout, padding keys masked); ``none``: ``(m_i, t_i)``;
 * optional ID view (initialised from a PCA of a semantic view, as LLM-ESR);
 * ``combine: concat``: the views are returned as ``V`` views (shared backbone, concatenated scoring);
   ``gated``: a per-dimension softmax gate over the views gives ``V = 1``.
@@ -82,8 +83,8 @@ class DmesrConfig(Config):
         ``unit`` (PyTorch's default 1: norm ``sqrt(dim)``; BERT4Rec then loses the positions, see
         ``docs/results.md``).
     text_kv : what the text attends to at item level: the prompt ``views`` as tokens or the ``pooled`` MLLM view.
-    causal : causal mask of the sequence-level fusion (LLM-ESR: off; on here so seq-to-seq training cannot
-        see future items).
+    causal : causal mask of the sequence-level fusion (LLM-ESR: off, only padding keys are masked; ``true``
+        stops seq-to-seq training positions from seeing later items through the fusion).
     combine : ``concat`` (``V`` views, shared backbone, concatenated scoring) or ``gated`` (``V = 1``).
     use_id_view : add a learned ID view.
     id_init : ``pca`` (PCA of ``id_pca_view``, as LLM-ESR) or ``xavier``.
@@ -119,7 +120,7 @@ class DmesrConfig(Config):
     fusion_dropout: float = Field(0.0, ge=0, lt=1)
     fusion_norm_gain: Literal["embedding", "unit"] = "embedding"
     text_kv: Literal["views", "pooled"] = "views"
-    causal: bool = True
+    causal: bool = False
     combine: Literal["concat", "gated"] = "concat"
     use_id_view: bool = False
     id_init: Literal["pca", "xavier"] = "pca"

@@ -13,7 +13,8 @@
   embedding + adapter as the single view, with the optional soft contrastive alignment to frozen
   collaborative item embeddings (``alpha * Contrastive_Loss2(tau)``).
 
-What is code-faithful and what is reconstructed is listed in ``docs/methods/dmesr.md``.
+What is code-faithful and what is reconstructed is listed in ``docs/methods/llmesr.md`` (LLM-ESR) and
+``docs/methods/dmesr.md``.
 """
 
 from __future__ import annotations
@@ -177,8 +178,8 @@ class LlmEsrConfig(Config):
     use_id_view, use_semantic_view : ablations "w/o co-view" / "w/o semantic view".
     cross_attention : sequence-level ``llm2id`` / ``id2llm`` interaction (LLM-ESR: on).
     heads : cross-attention heads (LLM-ESR: 2).
-    causal : causal mask in the cross-attention (LLM-ESR: none; on by default here so that seq-to-seq training
-        cannot see future items; set ``false`` together with ``model.causal: false`` to reproduce the code).
+    causal : causal mask in the cross-attention (LLM-ESR: none, only padding keys are masked; ``true`` stops
+        the seq-to-seq training positions from seeing later items through the cross-attention).
     residual, layernorm, dropout : cross-attention output options (LLM-ESR: none of them).
     item_reg : weight of LLM-ESR's optional ``--item_reg`` term, ``Contrastive_Loss2(adapter(llm), id)`` over
         the batch's items (LLM-ESR scripts: off).
@@ -196,7 +197,7 @@ class LlmEsrConfig(Config):
     use_semantic_view: bool = True
     cross_attention: bool = True
     heads: int = Field(2, ge=1)
-    causal: bool = True
+    causal: bool = False
     residual: bool = False
     layernorm: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -270,7 +271,11 @@ class LlmEsrEncoder(ItemEncoder):
         return torch.cat([t, self.extra.to(t.dtype)], 1)
 
     def mix_sequence(self, views: Tensor, mask: Tensor) -> Tensor:
-        """``llm2id`` / ``id2llm`` cross-attention: new id view = CA(q=llm, kv=id), new llm = CA(q=id, kv=llm)."""
+        """``llm2id`` / ``id2llm`` cross-attention: new id view = CA(q=llm, kv=id), new llm = CA(q=id, kv=llm).
+
+        :class:`~mmseqrec.models.sequence.SequenceModel` calls it on the embedded views, after the backbone's
+        ``x * sqrt(d) + positions`` and dropout, before its blocks (LLM-ESR ``DualLLMSRS.log2feats``).
+        """
         if self.fusion is None:
             return views
         id_seq, llm_seq = views[0], views[1]

@@ -2,12 +2,23 @@
 
 The causal mask is on by default (position ``t`` sees positions ``<= t``). ``causal: false`` is LLM-ESR's
 variant, where the mask is computed but commented out, so training positions see future items (the LLM-ESR
-author keeps it on purpose; see docs). Attention uses ``F.scaled_dot_product_attention`` with a boolean
+author keeps it on purpose; see docs); the model is still trained on next items and scored at the last
+position (only BERT4Rec, ``cloze = True``, is cloze-trained). Attention uses ``F.scaled_dot_product_attention`` with a boolean
 key-padding (+ causal) mask; every query may always attend to itself, so rows of padding positions are never
 fully masked (no NaNs) while real positions are unaffected.
 
 Positions are learned and counted from the end: the most recent item always gets position ``max_len - 1``,
-so a batch trimmed to its longest sequence encodes exactly like the full-width one.
+so a batch trimmed to its longest sequence encodes exactly like the full-width one. ``positions: from-start``
+is the SASRec / LLM-ESR code's numbering instead (``1..n`` over the ``n`` real items, 0 at padding).
+
+Two blocks: ``block: standard`` (ours: pre-LN by default, the normalised input feeds queries, keys and values,
+the residual comes from the un-normalised input) and ``block: sasrec`` (the block of the SASRec PyTorch code
+that LLM-ESR copies in ``models/SASRec.py`` / ``models/Bert4Rec.py``: ``Q = LN(x); x = Q + MHA(Q, x, x);
+x = LN(x); x = x + FFN(x)``, LayerNorm eps 1e-8, dropout only inside attention and the feed-forward).
+
+The forward pass is split in two so that an item encoder can mix views between them (LLM-ESR's order):
+:meth:`TransformerBackbone.embed` (``x * sqrt(d) + positions``, dropout) and :meth:`TransformerBackbone.encode`
+(the blocks, no positions added again).
 """
 
 from __future__ import annotations
@@ -35,9 +46,15 @@ class SASRecConfig(Config):
     dropout : embedding, attention and residual dropout.
     max_len : longest input sequence (positions table size).
     causal : causal mask (default on; ``false`` = LLM-ESR's no-mask variant).
-    pre_ln : pre-LayerNorm blocks (+ final norm); ``false`` = post-LN (original Transformer).
+    pre_ln : pre-LayerNorm blocks (+ final norm); ``false`` = post-LN (original Transformer). ``block:
+        standard`` only.
     ffn_mult : feed-forward width as a multiple of the model width (SASRec: 1).
     activation : feed-forward activation.
+    block : ``standard`` (ours) or ``sasrec`` (the SASRec code's block as in LLM-ESR, see the module docstring).
+    positions : ``from-end`` (ours: trimming-invariant) or ``from-start`` (SASRec / LLM-ESR code: ``1..n``).
+    mask_padding : mask padding keys in self-attention (ours); ``false`` = LLM-ESR's backbone, whose
+        attention has no mask at all (padding rows are zero, but their keys/values still carry the projection
+        biases); inputs are then left-padded to ``max_len`` inside the backbone, as LLM-ESR's batches are.
     """
 
     name: Literal["sasrec"] = "sasrec"
@@ -49,6 +66,9 @@ class SASRecConfig(Config):
     pre_ln: bool = True
     ffn_mult: int = Field(1, ge=1)
     activation: Literal["relu", "gelu"] = "relu"
+    block: Literal["standard", "sasrec"] = "standard"
+    positions: Literal["from-end", "from-start"] = "from-end"
+    mask_padding: bool = True
 
 
 def attention_mask(mask: Tensor, causal: bool) -> Tensor:
@@ -106,41 +126,99 @@ class _Block(nn.Module):
         return self.norm2(x + dropout(self._ffn(x), p, t))
 
 
+class _SASRecBlock(_Block):
+    """The SASRec code's block (LLM-ESR ``SASRecBackbone`` / ``BertBackbone``): ``Q = LN1(x)``,
+    ``x = Q + MHA(Q, x, x)`` (queries from the normalised input, keys and values from the raw one), ``x = LN2(x)``,
+    ``x = x + FFN(x)``; LayerNorm eps 1e-8; dropout on the attention weights and inside the FFN only."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, ffn_mult: int, activation: str) -> None:
+        super().__init__(dim, n_heads, dropout, False, ffn_mult, activation)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-8)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-8)
+
+    def _cross(self, q_in: Tensor, kv_in: Tensor, attn_mask: Tensor | None) -> Tensor:
+        b, n, d = q_in.shape
+        h, dh = self.n_heads, d // self.n_heads
+        w_q, w_kv = self.qkv.weight.split([d, 2 * d])
+        b_q, b_kv = self.qkv.bias.split([d, 2 * d])
+        q = F.linear(q_in, w_q, b_q).view(b, n, h, dh).transpose(1, 2)
+        k, v = F.linear(kv_in, w_kv, b_kv).view(b, n, 2, h, dh).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+        q = self.norm1(x)
+        x = self.norm2(q + self._cross(q, x, attn_mask))
+        return x + F.dropout(self._ffn(x), self.dropout, self.training)
+
+
 class TransformerBackbone(Backbone):
     """Shared transformer encoder of SASRec (causal by default) and BERT4Rec (bidirectional).
 
     Parameters
     ----------
     dim : model width (= item encoder width).
-    n_layers, n_heads, dropout, max_len, causal, pre_ln, ffn_mult, activation : see :class:`SASRecConfig`.
+    n_layers, n_heads, dropout, max_len, causal, pre_ln, ffn_mult, activation, block, positions, mask_padding :
+        see :class:`SASRecConfig`.
     """
 
     def __init__(self, dim: int, n_layers: int = 2, n_heads: int = 1, dropout: float = 0.2, max_len: int = 200,
-                 causal: bool = True, pre_ln: bool = True, ffn_mult: int = 1, activation: str = "relu") -> None:
+                 causal: bool = True, pre_ln: bool = True, ffn_mult: int = 1, activation: str = "relu",
+                 block: str = "standard", positions: str = "from-end", mask_padding: bool = True) -> None:
         super().__init__()
+        if block not in ("standard", "sasrec") or positions not in ("from-end", "from-start"):
+            raise ValueError(f"unknown block {block!r} or positions {positions!r}")
         self.dim, self.causal, self.max_len, self.pre_ln = int(dim), bool(causal), int(max_len), bool(pre_ln)
-        self.positions = nn.Embedding(self.max_len, self.dim)
+        self.block, self.from_start, self.mask_padding = block, positions == "from-start", bool(mask_padding)
+        # from-start numbers real items 1..n and gives padding 0 (one more row)
+        self.positions = nn.Embedding(self.max_len + int(self.from_start), self.dim)
         self.dropout = Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            _Block(self.dim, n_heads, dropout, pre_ln, ffn_mult, activation) for _ in range(n_layers)
-        )
-        self.final_norm = nn.LayerNorm(self.dim) if pre_ln else nn.Identity()
-        self.emb_norm = nn.Identity() if pre_ln else nn.LayerNorm(self.dim)
+        if block == "sasrec":
+            self.blocks = nn.ModuleList(
+                _SASRecBlock(self.dim, n_heads, dropout, ffn_mult, activation) for _ in range(n_layers))
+            self.final_norm: nn.Module = nn.LayerNorm(self.dim, eps=1e-8)
+            self.emb_norm: nn.Module = nn.Identity()
+        else:
+            self.blocks = nn.ModuleList(
+                _Block(self.dim, n_heads, dropout, pre_ln, ffn_mult, activation) for _ in range(n_layers))
+            self.final_norm = nn.LayerNorm(self.dim) if pre_ln else nn.Identity()
+            self.emb_norm = nn.Identity() if pre_ln else nn.LayerNorm(self.dim)
         xavier_init_(self)  # LLM-ESR's init (positions included; biases and norms keep their defaults)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """``x [B, L, d]`` item vectors, ``mask [B, L]`` True at real items -> states ``[B, L, d]``."""
+    def embed(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Input side: ``x * sqrt(d) + positions``, dropout; zero at padding. ``[B, L, d]`` -> ``[B, L, d]``."""
         n = x.shape[1]
         if n > self.max_len:
             raise ValueError(f"sequence length {n} exceeds max_len={self.max_len}")
-        pos = torch.arange(self.max_len - n, self.max_len, device=x.device)
+        if self.from_start:
+            pos = self.positions(mask.long().cumsum(1) * mask.long())  # [B, L, d]: 1..n, 0 at padding
+        else:
+            pos = self.positions(torch.arange(self.max_len - n, self.max_len, device=x.device))
         keep = mask.unsqueeze(-1).to(x.dtype)
-        h = self.emb_norm(x * math.sqrt(self.dim) + self.positions(pos))
-        h = self.dropout(h) * keep
-        am = attention_mask(mask, self.causal)
+        h = self.emb_norm(x * math.sqrt(self.dim) + pos)
+        return self.dropout(h) * keep
+
+    def encode(self, h: Tensor, mask: Tensor) -> Tensor:
+        """The blocks over embedded inputs ``h [B, L, d]`` (no positions added) -> states ``[B, L, d]``."""
+        n = h.shape[1]
+        if not self.mask_padding and n < self.max_len:  # unmasked padding keys: encode at full width
+            h = F.pad(h, (0, 0, self.max_len - n, 0))
+            mask = torch.cat([mask.new_zeros(mask.shape[0], self.max_len - n), mask], 1)
+        keep = mask.unsqueeze(-1).to(h.dtype)
+        h = h * keep
+        if self.mask_padding:
+            am: Tensor | None = attention_mask(mask, self.causal)
+        else:
+            m = h.shape[1]
+            am = torch.ones(m, m, dtype=torch.bool, device=h.device).tril() if self.causal else None
         for blk in self.blocks:
             h = blk(h, am) * keep
-        return self.final_norm(h) * keep
+        return (self.final_norm(h) * keep)[:, -n:]
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``x [B, L, d]`` item vectors, ``mask [B, L]`` True at real items -> states ``[B, L, d]``."""
+        return self.encode(self.embed(x, mask), mask)
 
 
 class SASRec(TransformerBackbone):
@@ -148,4 +226,4 @@ class SASRec(TransformerBackbone):
 
     def __init__(self, cfg: SASRecConfig, dim: int) -> None:
         super().__init__(dim, cfg.n_layers, cfg.n_heads, cfg.dropout, cfg.max_len, cfg.causal, cfg.pre_ln,
-                         cfg.ffn_mult, cfg.activation)
+                         cfg.ffn_mult, cfg.activation, cfg.block, cfg.positions, cfg.mask_padding)

@@ -71,7 +71,8 @@ class SequenceModel(nn.Module):
         self.regularizers = nn.ModuleList(regularizers or [])
         self.n_items = int(item_encoder.n_items)
         self.max_len = int(getattr(backbone, "max_len", 200))
-        self.bidirectional = not bool(getattr(backbone, "causal", True))
+        # cloze training + mask-token inference (BERT4Rec); SASRec without its causal mask (LLM-ESR) stays next-item
+        self.bidirectional = bool(getattr(backbone, "cloze", not getattr(backbone, "causal", True)))
         self.mask_id = self.n_items + 1 if self.bidirectional else None
 
     # ------------------------------------------------------------------ encoding
@@ -80,9 +81,12 @@ class SequenceModel(nn.Module):
         t = self.item_encoder.table() if table is None else table
         mask = input_ids != 0
         views = self.item_encoder.encode(input_ids, t)  # [V, B, L, d]
-        views = self.item_encoder.mix_sequence(views, mask)
         v, b, n, d = views.shape
-        states = self.backbone(views.reshape(v * b, n, d), mask.repeat(v, 1))
+        masks = mask.repeat(v, 1)
+        # LLM-ESR's order: embed each view (scale, positions, dropout), mix the views, then the blocks
+        h = self.backbone.embed(views.reshape(v * b, n, d), masks)
+        h = self.item_encoder.mix_sequence(h.view(v, b, n, d), mask).reshape(v * b, n, d)
+        states = self.backbone.encode(h, masks)
         return states.view(v, b, n, -1).permute(1, 2, 0, 3).reshape(b, n, -1)
 
     def item_matrix(self, table: Tensor | None = None) -> Tensor:
