@@ -9,14 +9,12 @@ import pytest
 import torch
 
 from mmseqrec.errors import InputError
+from mmseqrec.models.llmemb import LlmEmbConfig, build_llmemb
 from mmseqrec.models.llmesr import (
-    LlmEmbConfig,
-    LlmEmbEncoder,
     LlmEsrConfig,
     LlmEsrEncoder,
     SelfDistillation,
     SelfDistillationConfig,
-    build_llmemb,
     build_llmesr,
     build_self_distillation,
     pca_init,
@@ -194,7 +192,7 @@ def test_llmesr_cross_attention_wiring():
     assert torch.equal(off.mix_sequence(views, mask), views)
 
 
-def test_llmesr_item_reg_and_llmemb_alignment():
+def test_llmesr_item_reg():
     torch.manual_seed(0)
     from mmseqrec.models.alignment import soft_contrastive
 
@@ -205,23 +203,12 @@ def test_llmesr_item_reg_and_llmemb_alignment():
     torch.testing.assert_close(enc.aux_losses(ids, t)["item_reg"], 0.3 * soft_contrastive(t[1, items], t[0, items], 1.0))
     assert LlmEsrEncoder(LlmEsrConfig(dim=D), sem()).aux_losses(ids) == {}
 
-    collab = sem(5, D)
-    emb = LlmEmbEncoder(LlmEmbConfig(dim=D, collab="c"), sem(), extra_tokens=1, collab=collab)
-    assert emb.n_views == 1 and emb.table().shape == (1, N + 2, D)
-    t = emb.table()
-    torch.testing.assert_close(emb.aux_losses(ids, t)["align"], 0.01 * soft_contrastive(t[0, items], collab[items], 2.0))
-    with pytest.raises(InputError, match="collaborative"):
-        LlmEmbEncoder(LlmEmbConfig(dim=D), sem(), collab=sem(5, D + 1))
-
 
 def test_builders_check_stores():
     x = sem()
     assert build_llmesr(LlmEsrConfig(dim=D, embedding="e"), n_items=N, extra_tokens=0, tensors={"e": x}).n_views == 2
     with pytest.raises(InputError, match="not loaded"):
         build_llmesr(LlmEsrConfig(dim=D, embedding="e"), n_items=N, extra_tokens=0, tensors={})
-    with pytest.raises(InputError, match="n_items"):
-        build_llmemb(LlmEmbConfig(dim=D, embedding="e"), n_items=N + 1, extra_tokens=0, tensors={"e": x})
-    assert LlmEmbConfig(embedding="e", collab="c").embeddings() == ["e", "c"]
 
 
 # ----------------------------------------------------------------------------- end-to-end with the backbones

@@ -183,7 +183,7 @@ def test_cloze_masking():
 
 
 def test_registry_errors_list_names():
-    with pytest.raises(InputError, match="bert4rec, gru4rec, itemknn, pop, sasrec"):
+    with pytest.raises(InputError, match="bert4rec, .*gru4rec, .*itemknn, .*pop, .*sasrec"):
         model_spec("transformer")
     with pytest.raises(InputError, match="content, .*id"):
         item_encoder_spec("nope")

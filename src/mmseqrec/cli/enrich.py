@@ -13,7 +13,8 @@ __all__ = ["enrich_cmd", "print_summary", "register"]
 def enrich_cmd(
     data: Annotated[Path, typer.Argument(help="A prepared dataset directory.")],
     task: Annotated[str, typer.Option("--task", "-t", help="item-description | item-summary | item-views | "
-                                      "item-keywords | user-preference | user-profile.")],
+                                      "item-keywords | user-preference | user-profile | mllmrec-item-description "
+                                      "| mllmrec-user-preference.")],
     backend: Annotated[str, typer.Option("--backend", "-b", help="offline (EfficientNet-Lite0 tags + SmolLM2, a "
                                          "lightweight stand-in for an MLLM) | echo (no model; tests) | "
                                          "transformers | openai | vllm.")] = "offline",
@@ -36,6 +37,12 @@ def enrich_cmd(
     image_kind: Annotated[str | None, typer.Option(help="Fills MLLM-MSR's 'this image, which is ...' (default: from "
                                                    "the dataset, e.g. 'a picture of a product'; MicroLens: "
                                                    "'a cover of a video').")] = None,
+    category: Annotated[str, typer.Option(help="mllmrec-item-description: fills 'relevant to the ...' (the "
+                                          "reference hard-codes this default).")] = "Clothing, Shoes & Jewelry",
+    profile_source: Annotated[str, typer.Option(help="mllmrec-user-preference: training (default, no leak) or "
+                                                "all-interactions (MLLMRec's released code: validation and test "
+                                                "items enter the profile; written under its own name).")]
+    = "training",
     api_base: Annotated[str, typer.Option(help="openai: server base URL.")] = "http://127.0.0.1:8000/v1",
     api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the API key.")]
     = "OPENAI_API_KEY",
@@ -59,7 +66,8 @@ def enrich_cmd(
     cfg = validate_config(EnrichConfig, {
         "task": task, "limit": limit, "retry_failed": retry_failed, "mode": mode, "block_size": block_size,
         "max_consecutive_failures": max_consecutive_failures,
-        "max_history": max_history, "image_kind": image_kind,
+        "max_history": max_history, "image_kind": image_kind, "category": category,
+        "profile_source": profile_source,
         "backend": {"backend": backend, "model": model, "revision": revision, "batch_size": batch_size,
                     "device": device, "threads": threads, "max_pixels": max_pixels, "api_base": api_base, "api_key_env": api_key_env,
                     "concurrency": concurrency, "timeout_s": timeout, "retries": retries,

@@ -27,6 +27,8 @@ from ..config import Config
 from ..data.dataset import DatasetDir
 from ..errors import InputError
 from .encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, Encoder, load_encoder
+from .llmemb import ScftConfig
+from .runs import is_run_source, run_item_table
 from .sources import hash_texts, image_refs, is_image_source, load_image, text_inputs
 from .store import embed_dir, save_embedding
 
@@ -48,15 +50,16 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 class EmbedConfig(Config):
     """Options of ``mmseqrec embed``."""
 
-    source: str = Field("title", description="title | text | image | TASK | TASK:VIEW")
+    source: str = Field("title", description="title | text | attributes | image | TASK | TASK:VIEW | run:RUN_DIR")
     encoder: str = Field("auto", description="auto: all-MiniLM-L6-v2 for text, efficientnet-lite0 for images")
     out: str | None = Field(None, description="store name under DATA/embed/ (default: SOURCE-ENCODER)")
     tokens: bool = Field(False, description="also store token-level last hidden states + lengths")
     max_tokens: int = Field(32, ge=1, le=4096)
     max_length: int | None = Field(None, ge=1, description="tokenizer truncation (default: the model's)")
     pooling: Literal["mean", "last", "cls"] | None = None
-    normalize: bool = True
-    pca: int | None = Field(None, ge=1)
+    normalize: bool | None = Field(None, description="L2-normalise; default: yes for text and image encoders, "
+                                   "no for run: sources and llmemb: encoders (kept as their references)")
+    pca: int | None = Field(None, ge=1, description="PCA components (default: none; 1536 for llmemb:, as LLMEmb)")
     batch_size: int | None = Field(None, ge=1, description="default: 64 for text, 16 for images on CPU "
                                    "(larger batches thrash the CPU caches), 256 on CUDA")
     device: str = "auto"
@@ -64,6 +67,7 @@ class EmbedConfig(Config):
     image_fit: Literal["pad", "crop"] = "pad"
     workers: int = Field(4, ge=1, description="threads decoding images")
     progress: bool = True
+    scft: ScftConfig = ScftConfig()
 
     @field_validator("out")
     @classmethod
@@ -227,10 +231,15 @@ def run_embed(data_dir: str | Path, cfg: EmbedConfig, *, encoder: Encoder | None
         The safetensors path, the metadata written next to it, and the float32 matrix.
     """
     ds = DatasetDir(data_dir)
+    if is_run_source(cfg.source):
+        return _embed_run(ds, cfg)
     image = is_image_source(cfg.source)
     enc_name = cfg.encoder if cfg.encoder != "auto" else (DEFAULT_IMAGE_ENCODER if image else DEFAULT_TEXT_ENCODER)
-    if cfg.tokens and image:
-        raise InputError("--tokens needs a text source", field="--tokens")
+    scft = enc_name.lower().startswith(SCFT_PREFIX)
+    if scft and image:
+        raise InputError("llmemb: encoders fine-tune on item texts: use --source attributes", field="--source")
+    if cfg.tokens and (image or scft):
+        raise InputError("--tokens needs a text source and a text encoder other than llmemb:", field="--tokens")
     n_rows = ds.n_items + 1
     reasons: Counter = Counter()
     if image:
@@ -241,9 +250,13 @@ def run_embed(data_dir: str | Path, cfg: EmbedConfig, *, encoder: Encoder | None
         inputs = text_inputs(ds, cfg.source)
         reasons.update(inputs.reasons)
         ids = np.flatnonzero(~inputs.missing)
+    name = cfg.out or (default_name(cfg.source, enc_name) if scft else None)
+    if encoder is None and scft:
+        encoder = _fit_scft(ds, cfg, enc_name[len(SCFT_PREFIX):], inputs.texts, ids, str(name))
     if encoder is None:
         encoder = load_encoder(enc_name, device=cfg.device, dtype=cfg.dtype, pooling=cfg.pooling,
                                max_length=cfg.max_length, image_fit=cfg.image_fit)
+    name = name or default_name(cfg.source, encoder.name)
     modality = "image" if image else "text"
     if modality not in encoder.modalities:
         raise InputError(f"encoder {encoder.name!r} cannot encode {modality} (source {cfg.source!r})",
@@ -277,27 +290,16 @@ def run_embed(data_dir: str | Path, cfg: EmbedConfig, *, encoder: Encoder | None
         tokens[~ok] = 0
         lengths[~ok] = 0
 
-    input_dim = matrix.shape[1]
-    pca_meta = None
-    if cfg.pca is not None:
-        mean, comps, ratio = pca_fit(matrix[ok], cfg.pca)
-        reduced = np.zeros((n_rows, comps.shape[1]), dtype=np.float32)
-        reduced[ok] = ((matrix[ok].astype(np.float64) - mean) @ comps).astype(np.float32)
-        matrix = reduced
-        pca_meta = {"n_components": int(comps.shape[1]), "input_dim": int(input_dim),
-                    "explained_variance_ratio": [round(float(r), 6) for r in ratio],
-                    "explained_variance_total": round(float(ratio.sum()), 6), "fitted_on": int(ok.sum())}
-    if cfg.normalize:
-        matrix = l2_normalize(matrix)
+    normalize = (not scft) if cfg.normalize is None else cfg.normalize
+    matrix, pca_meta = _reduce(matrix, ok, cfg.pca or (SCFT_PCA if scft else None), normalize)
 
     missing_ids = np.flatnonzero(~ok)[1:]  # skip padding row 0
-    name = cfg.out or default_name(cfg.source, encoder.name)
     meta: dict[str, Any] = {
         **encoder.describe(),
         "modality": modality,
         "source": cfg.source,
         "dim": int(matrix.shape[1]),
-        "normalize": cfg.normalize,
+        "normalize": normalize,
         "pca": pca_meta,
         "input_hash": input_hash,
         "n_items": ds.n_items,
@@ -317,6 +319,71 @@ def run_embed(data_dir: str | Path, cfg: EmbedConfig, *, encoder: Encoder | None
         "mmseqrec_version": __version__,
     }
     path = save_embedding(ds.path, name, matrix, meta, tokens=tokens, lengths=lengths)
+    meta = {**meta, "name": name, "rows": int(matrix.shape[0]), "dtype_stored": "float16"}
+    return EmbedResult(path=path, meta=meta, matrix=matrix)
+
+
+SCFT_PREFIX = "llmemb:"
+SCFT_PCA = 1536  # LLMEmb results/convert.ipynb: PCA(n_components=1536) of the SCFT embeddings
+
+
+def _reduce(matrix: np.ndarray, ok: np.ndarray, pca: int | None, normalize: bool
+            ) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Optional PCA fitted on the rows in ``ok`` (others stay zero), then optional L2 normalisation."""
+    pca_meta = None
+    if pca is not None:
+        mean, comps, ratio = pca_fit(matrix[ok], pca)
+        reduced = np.zeros((matrix.shape[0], comps.shape[1]), dtype=np.float32)
+        reduced[ok] = ((matrix[ok].astype(np.float64) - mean) @ comps).astype(np.float32)
+        pca_meta = {"n_components": int(comps.shape[1]), "input_dim": int(matrix.shape[1]),
+                    "explained_variance_ratio": [round(float(r), 6) for r in ratio],
+                    "explained_variance_total": round(float(ratio.sum()), 6), "fitted_on": int(ok.sum())}
+        matrix = reduced
+    return (l2_normalize(matrix) if normalize else matrix), pca_meta
+
+
+def _fit_scft(ds: DatasetDir, cfg: EmbedConfig, model: str, texts: np.ndarray, ids: np.ndarray,
+              name: str) -> Encoder:
+    """LLMEmb stage 1 (:mod:`mmseqrec.embed.llmemb`): LoRA contrastive fine-tuning on the items' texts,
+    checkpointed under ``DATA/embed/NAME.scft/``; returns the tuned encoder."""
+    from .encoders import _torch_dtype, resolve_device
+    from .llmemb import load_scft_encoder
+
+    if cfg.pooling == "cls":
+        raise InputError("llmemb: pools mean or last (set scft.pooling)", field="--pooling")
+    scft = cfg.scft if cfg.pooling is None else cfg.scft.model_copy(update={"pooling": cfg.pooling})
+    if cfg.max_length is not None:
+        scft = scft.model_copy(update={"max_length": cfg.max_length})
+    device = resolve_device(cfg.device)
+    dtype = None if cfg.dtype == "auto" else _torch_dtype(cfg.dtype, device)  # auto: float32 for training
+    enc = load_scft_encoder(model, scft, device=device, dtype=dtype)
+    enc.fit(texts[ids].tolist(), embed_dir(ds.path) / f"{name}.scft", hash_texts(texts), progress=cfg.progress)
+    return enc
+
+
+def _embed_run(ds: DatasetDir, cfg: EmbedConfig) -> EmbedResult:
+    """``--source run:RUN``: the run's item table as a store (see :mod:`mmseqrec.embed.runs`)."""
+    if cfg.encoder != "auto":
+        raise InputError("--source run:RUN takes no --encoder (the run's item table is the embedding)",
+                         field="--encoder")
+    if cfg.tokens:
+        raise InputError("--tokens needs a text source", field="--tokens")
+    t0 = time.perf_counter()
+    matrix, meta_run = run_item_table(ds, cfg.source)
+    ok = np.ones(matrix.shape[0], dtype=bool)
+    ok[0] = False
+    normalize = bool(cfg.normalize)  # default: the raw table, as LLMEmb's itm_emb_sasrec.pkl
+    matrix, pca_meta = _reduce(matrix, ok, cfg.pca, normalize)
+    name = cfg.out or default_name("run", Path(cfg.source[4:]).name or "run")
+    meta: dict[str, Any] = {
+        **meta_run, "modality": "collaborative", "source": cfg.source, "dim": int(matrix.shape[1]),
+        "normalize": normalize, "pca": pca_meta, "input_hash": None, "n_items": ds.n_items,
+        "n_encoded": ds.n_items, "n_missing": 0, "missing_items": [], "missing_reasons": {}, "tokens": None,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "dataset": {"path": str(ds.path), "format": ds.manifest.get("format")},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"), "mmseqrec_version": __version__,
+    }
+    path = save_embedding(ds.path, name, matrix, meta)
     meta = {**meta, "name": name, "rows": int(matrix.shape[0]), "dtype_stored": "float16"}
     return EmbedResult(path=path, meta=meta, matrix=matrix)
 

@@ -8,6 +8,11 @@ Sources
     The title and the free-text fields of ``items.parquet`` in a fixed order (:data:`TEXT_FIELDS`), written in
     the LLM-ESR prompt style: ``"The item has following attributes: name is ...; brand is ...; categories are
     ...; description is ...; features are ...; text is ..."``. Fields that are absent or empty are left out.
+``attributes``
+    The same fields as ``text`` in LLMEmb's item-prompt layout (``data/*/item_prompt.ipynb``): the instruction
+    line, a newline, then the attributes separated by ``"; "`` (``"The item has following attributes: \n name
+    is ...; categories are ..."``). Newlines and ``;`` inside a value become ``", "`` / ``","`` so that every
+    attribute stays one unit for LLMEmb's attribute dropout.
 ``image``
     ``items.image``: a local path relative to the dataset dir, an absolute path, or a URL (URLs need
     ``mmseqrec.enrich.images.load_image``).
@@ -110,7 +115,7 @@ def _align(ds: DatasetDir, ids: np.ndarray, values: list[Any], file: Path) -> np
 
 def text_inputs(ds: DatasetDir, source: str) -> TextInputs:
     """Build the per-item texts of a text ``source`` (``title``, ``text``, ``TASK`` or ``TASK:VIEW``)."""
-    if source in ("title", "text"):
+    if source in ("title", "text", "attributes"):
         items = ds.items
         path = ds.path / ITEMS
         if "item" not in items.columns:
@@ -119,6 +124,15 @@ def text_inputs(ds: DatasetDir, source: str) -> TextInputs:
             if "title" not in items.columns:
                 raise InputError("items table has no 'title' column", file=path, field="title")
             expr = _as_text_expr("title", items.schema["title"])
+        elif source == "attributes":
+            parts = [pl.lit(f"{label} {verb} ") + _as_text_expr(col, items.schema[col])
+                     .str.replace_all("\n", ", ", literal=True).str.replace_all(";", ",", literal=True)
+                     for col, label, verb in TEXT_FIELDS if col in items.columns]
+            if not parts:
+                raise InputError("items table has none of the text fields "
+                                 f"{[c for c, _, _ in TEXT_FIELDS]}", file=path)
+            body = pl.concat_str(parts, separator="; ", ignore_nulls=True)
+            expr = pl.when(body.str.len_chars() > 0).then(pl.lit(TEXT_PREFIX + "\n ") + body).otherwise(None)
         else:
             parts = []
             for col, label, verb in TEXT_FIELDS:

@@ -37,7 +37,18 @@ from .backends import Backend, BackendConfig, GenRequest, make_backend
 from .backends.base import BackendUnavailable
 from .cache import CacheEntry, EnrichCache, make_key
 from .images import ImageFetchConfig, decode_image, load_image_bytes
-from .tasks import TEMPLATES, Job, Step, TaskOptions, default_image_kind, plan_task
+from .tasks import (
+    MLLMREC_CATEGORY,
+    TEMPLATES,
+    Job,
+    ProfileSource,
+    Step,
+    TaskOptions,
+    default_image_kind,
+    is_item_task,
+    output_name,
+    plan_task,
+)
 
 __all__ = ["EnrichAborted", "EnrichBusy", "EnrichConfig", "EnrichSummary", "output_paths", "run_enrich"]
 
@@ -62,6 +73,8 @@ class EnrichConfig(Config):
     block_size: int = Field(3, ge=1)
     max_history: int = Field(20, ge=0)
     image_kind: str | None = None  # None: derived from the dataset (tasks.default_image_kind)
+    category: str = MLLMREC_CATEGORY
+    profile_source: ProfileSource = "training"
     images: ImageFetchConfig = ImageFetchConfig()
 
 
@@ -301,10 +314,11 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
     ds = DatasetDir(data)
     kind, kind_source = (cfg.image_kind, "--image-kind") if cfg.image_kind else default_image_kind(ds)
     opt = TaskOptions(mode=cfg.mode, block_size=cfg.block_size, max_history=cfg.max_history,
-                      image_kind=kind, limit=cfg.limit)
+                      image_kind=kind, limit=cfg.limit, category=cfg.category,
+                      profile_source=cfg.profile_source)
     jobs, notes = plan_task(ds, cfg.task, opt)
     backend = backend if backend is not None else make_backend(cfg.backend)
-    parquet, summary_path, cache_path = output_paths(ds.path, cfg.task)
+    parquet, summary_path, cache_path = output_paths(ds.path, output_name(cfg.task, cfg.profile_source))
     final: dict[int, tuple[CacheEntry, str | None]] = {}
     failed_at: dict[int, str] = {}
     skipped_at: dict[int, str] = {}
@@ -343,7 +357,7 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
                             failed_cached=runner.failed_cached)
     info = backend.info
     used = sorted(set(df["template_id"].drop_nulls().to_list()))
-    unit = "item" if cfg.task.startswith("item-") else "user"
+    unit = "item" if is_item_task(cfg.task) else "user"
     gen_units = len({jobs[j].row[unit] for j in runner.generated_jobs})
     secs = max(summary.seconds, 1e-9)
     summary.info = {
@@ -361,7 +375,8 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
         "templates": [TEMPLATES[t].metadata() for t in used],
         "options": {"mode": cfg.mode, "block_size": cfg.block_size, "max_history": cfg.max_history,
                     "limit": cfg.limit, "image_kind": kind, "image_kind_source": kind_source,
-                    "retry_failed": cfg.retry_failed},
+                    "retry_failed": cfg.retry_failed, "category": cfg.category,
+                    "profile_source": cfg.profile_source},
         "notes": notes, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "stand_in": ("offline = EfficientNet-Lite0 tags + SmolLM2-135M, a lightweight stand-in for an MLLM"
                      if info.backend == "offline" else
@@ -421,7 +436,9 @@ def _rows(jobs: list[Job], final: dict[int, tuple[CacheEntry, str | None]], fail
                 reason = failed_at.get(j, "") + (reason or "failed")
                 if note:
                     reason = f"{reason} ({note})"
-            vals = [e.text, e.status, reason, e.template_id, e.template_version, e.prompt, e.backend_prompt,
+            tpl = TEMPLATES.get(e.template_id or "")
+            text = tpl.clean(e.text) if tpl is not None and e.status == "ok" else e.text
+            vals = [text, e.status, reason, e.template_id, e.template_version, e.prompt, e.backend_prompt,
                     e.model_id, e.model_revision, e.backend, e.decoding, e.key,
                     datetime.fromtimestamp(e.created, UTC).isoformat(timespec="seconds")]
         for k, v in zip(cols, vals, strict=True):

@@ -23,10 +23,22 @@ Tasks (named on the command line):
     MLLM-MSR's recurrent preference summariser over blocks of ``k`` training items (``--mode recurrent``), or
     one prompt over the whole training history (``--mode direct``, the MLLM-MSR_R ablation).
 ``user-profile``
-    MLLMRec's preference reasoning over the chronological list of item descriptions (reconstructed).
+    A preference profile over the chronological list of item descriptions (``mllmrec/user-profile`` v1,
+    reconstructed before MLLMRec's prompts were public; kept under its name and version).
+``mllmrec-item-description``
+    MLLMRec's image-to-text step with its released prompt (``reasoning/5image2text.py``; exact). Items without
+    an image get no description, as in the reference (skipped, reason recorded); the answer's last line is
+    kept, as the reference does.
+``mllmrec-user-preference``
+    MLLMRec's preference generation with its released prompt (``reasoning/6preference-generation.py``;
+    exact): the Python list of the user's combined item descriptions (title, brand, categories, description and
+    the ``mllmrec-item-description`` output, concatenated as the reference does).
 
 User-level tasks read only each user's *training* prefix of the leave-one-out split: validation and test
-items never enter a prompt (MLLMRec issue #6 shows how much leaking them inflates results).
+items never enter a prompt. MLLMRec's released code builds its profiles from the whole ``.inter`` file
+(validation and test items included; MLLMRec issue #6 shows how much that inflates results); that variant
+exists only as ``mllmrec-user-preference`` with the option ``profile_source: all-interactions``, whose output
+is written under its own name (``mllmrec-user-preference.all-interactions.parquet``).
 """
 
 from __future__ import annotations
@@ -50,8 +62,11 @@ __all__ = [
     "Step",
     "TaskOptions",
     "default_image_kind",
+    "is_item_task",
     "item_descriptions",
     "item_texts",
+    "mllmrec_item_descriptions",
+    "output_name",
     "plan_task",
 ]
 
@@ -66,6 +81,7 @@ class PromptTemplate:
     origin: Literal["exact", "adapted", "reconstructed"]
     source: str
     notes: str = ""
+    keep: Literal["all", "last-line"] = "all"  # what of the answer is stored (MLLMRec image2text: last line)
 
     @property
     def fields(self) -> list[str]:
@@ -77,9 +93,15 @@ class PromptTemplate:
             raise KeyError(f"template {self.id} needs {missing}")
         return self.text.format_map(values)
 
+    def clean(self, answer: str | None) -> str | None:
+        """The stored part of a model answer (``keep: last-line``: ``answer.split("\\n")[-1].strip()``)."""
+        if answer is None or self.keep == "all":
+            return answer
+        return answer.split("\n")[-1].strip()
+
     def metadata(self) -> dict[str, str]:
         return {"id": self.id, "version": self.version, "origin": self.origin, "source": self.source,
-                "notes": self.notes, "text": self.text}
+                "notes": self.notes, "text": self.text, "keep": self.keep}
 
 
 _MSR_PREF_TAIL = (
@@ -174,12 +196,36 @@ _T = [
         "Below is the chronologically ordered list of multimodal descriptions of the items a user interacted "
         "with:\n{items}Reason about what this user values and write the user's preference profile in one "
         "continuous paragraph. Describe the preferences only; do not list the items.",
-        "reconstructed", "MLLMRec user preference generation (reasoning code unreleased)",
+        "reconstructed", "MLLMRec user preference generation (written before the reasoning code was public; "
+        "the exact prompt is mllmrec/preference)",
+    ),
+    PromptTemplate(
+        "mllmrec/image2text", "1",
+        "Please convert the given image into an accurate and concise textual description relevant to the "
+        "{category}, focusing on extracting key attributes that can influence the buying behavior of users, such "
+        "as color, material, style, functionality, etc. To generate the textual description using a "
+        "one-paragraph natural language overview in no more than 100 words.",
+        "exact", "MLLMRec reasoning/5image2text.py (generate_image_description)",
+        "exact with category='Clothing, Shoes & Jewelry', which the released script hard-codes for every dataset "
+        "(Baby included); reference model gemma3:27b through ollama, default decoding",
+        keep="last-line",
+    ),
+    PromptTemplate(
+        "mllmrec/preference", "1",
+        "Please reason about the user preferences based on the following list of item descriptions that he or "
+        "she has interacted with. The list is: {descriptions}. To generate the user preferences using a "
+        "one-paragraph natural language in no more than 100 words.",
+        "exact", "MLLMRec reasoning/6preference-generation.py (prompt_template)",
+        "{descriptions} is the Python repr of the list of the user's combined item descriptions, as the "
+        "reference formats it; reference model gemma3:27b through ollama, default decoding",
     ),
 ]
 TEMPLATES: dict[str, PromptTemplate] = {t.id: t for t in _T}
 
-TASKS = ("item-description", "item-summary", "item-views", "item-keywords", "user-preference", "user-profile")
+TASKS = ("item-description", "item-summary", "item-views", "item-keywords", "user-preference", "user-profile",
+         "mllmrec-item-description", "mllmrec-user-preference")
+MLLMREC_CATEGORY = "Clothing, Shoes & Jewelry"
+ProfileSource = Literal["training", "all-interactions"]
 _MSR_ITEM_LINE = "{k}. {item}: Title - '{title}', Video cover description - {visual_desc}.\n"
 _TEXT_COLUMNS = ("brand", "categories", "description", "features", "text")
 
@@ -214,6 +260,8 @@ class TaskOptions:
     image_kind: str = NEUTRAL_IMAGE_KIND
     max_text_chars: int = 1500
     limit: int | None = None
+    category: str = MLLMREC_CATEGORY
+    profile_source: ProfileSource = "training"
 
 
 @dataclass
@@ -339,12 +387,93 @@ def _item_jobs(ds: DatasetDir, task: str, opt: TaskOptions) -> list[Job]:
             jobs += [view_job(item, "image", T["dmesr/view-image"], {}, ctx, ref, image_only=True),
                      text_job(item, "text", T["dmesr/view-text"], ctx),
                      view_job(item, "both", T["dmesr/view-both"], ctx, ctx, ref, image_only=False)]
+        elif task == "mllmrec-item-description":
+            # as the reference: no image (or an unreadable one) -> no description (skipped, reason recorded)
+            if not ref or not str(ref).strip():
+                jobs.append(Job({"item": item}, 0, lambda r, p: None,
+                                skip_reason="no image (MLLMRec describes images only)"))
+            else:
+                tpl = T["mllmrec/image2text"]
+                st = Step(tpl, tpl.render(category=opt.category), str(ref), {})
+                jobs.append(Job({"item": item}, 1, lambda r, p, st=st: st))
         elif task == "item-keywords":
             jobs += [view_job(item, "image", T["mmsrarec/keywords-image"], {}, ctx, ref, image_only=True),
                      text_job(item, "text", T["mmsrarec/keywords-text"], ctx)]
         else:  # pragma: no cover - guarded by plan_task
             raise ValueError(task)
     return jobs
+
+
+def _text_column(items: pl.DataFrame, col: str, list_sep: str) -> list[str]:
+    """One items column as strings (lists joined by ``list_sep``; missing -> ``" "``, the reference's fillna)."""
+    if col not in items.columns:
+        return [" "] * items.height
+    e = pl.col(col)
+    if isinstance(items.schema[col], (pl.List, pl.Array)):
+        e = e.cast(pl.List(pl.Utf8)).list.join(list_sep)
+    e = e.cast(pl.Utf8)
+    return items.select(pl.when(e.str.len_chars() > 0).then(e).otherwise(pl.lit(" ")).alias("v"))["v"].to_list()
+
+
+def mllmrec_item_descriptions(ds: DatasetDir) -> tuple[np.ndarray, str]:
+    """Per item id (index 0 = padding) MLLMRec's ``combined_description``: ``title + " " + brand + " " +
+    (category + " " for each category) + description + image_description``, newlines as spaces, missing
+    fields as ``" "`` (``reasoning/6preference-generation.py``). The image description is the ``ok`` output of
+    ``enrich/mllmrec-item-description.parquet`` when it exists. Categories: the item's list (or its
+    ``", "``-separated string); the reference takes its first category path."""
+    items = _items_sorted(ds)
+    title, brand = _text_column(items, "title", ", "), _text_column(items, "brand", ", ")
+    desc = _text_column(items, "description", ", ")
+    if "categories" in items.columns:
+        e = pl.col("categories")
+        if not isinstance(items.schema["categories"], (pl.List, pl.Array)):
+            e = e.cast(pl.Utf8).str.split(", ")
+        cats = items.select(e.cast(pl.List(pl.Utf8)).alias("c"))["c"].to_list()
+    else:
+        cats = [None] * items.height
+    image = np.full(ds.n_items + 1, " ", dtype=object)
+    source = "items table (no mllmrec-item-description output)"
+    p = ds.path / "enrich" / "mllmrec-item-description.parquet"
+    if p.exists():
+        df = pl.read_parquet(p, columns=["item", "text", "status"]).filter(
+            (pl.col("status") == "ok") & pl.col("text").is_not_null())
+        image[df["item"].to_numpy()] = np.asarray(df["text"].to_list() + [None], dtype=object)[:-1]
+        source = "items table + enrich/mllmrec-item-description.parquet"
+    ids = items["item"].to_numpy()
+    out = np.full(ds.n_items + 1, "", dtype=object)
+    for k, i in enumerate(ids):
+        sen = title[k] + " " + brand[k] + " " + "".join(c + " " for c in (cats[k] or []) if c is not None)
+        out[i] = (sen + desc[k] + image[i]).replace("\n", " ")
+    return out, source
+
+
+def _user_histories(ds: DatasetDir, opt: TaskOptions):
+    """``user -> item ids`` used by a user task: the training prefix of the leave-one-out split (default) or
+    every interaction (``profile_source: all-interactions``, MLLMRec's leak), the last ``max_history``."""
+    seqs = ds.sequences
+    split = leave_one_out(seqs)
+
+    def hist(u: int) -> np.ndarray:
+        h = split.train_sequence(u) if opt.profile_source == "training" else \
+            seqs.items[seqs.indptr[u]: seqs.indptr[u + 1]]
+        return h[-opt.max_history:] if opt.max_history > 0 else h
+    return hist
+
+
+def _mllmrec_preference_jobs(ds: DatasetDir, opt: TaskOptions) -> tuple[list[Job], str]:
+    desc, source = mllmrec_item_descriptions(ds)
+    tpl = TEMPLATES["mllmrec/preference"]
+    hist = _user_histories(ds, opt)
+    jobs: list[Job] = []
+    for u in range(1, ds.n_users + 1):
+        h = hist(u)
+        if h.size == 0:
+            jobs.append(Job({"user": u}, 0, lambda r, p: None, skip_reason="no training interactions"))
+            continue
+        items = [str(desc[int(i)]) for i in h]
+        st = Step(tpl, tpl.render(descriptions=repr(items)), None, {"descriptions": " | ".join(items)})
+        jobs.append(Job({"user": u}, 1, lambda r, p, st=st: st))
+    return jobs, source
 
 
 def _user_jobs(ds: DatasetDir, task: str, opt: TaskOptions) -> tuple[list[Job], str]:
@@ -398,20 +527,42 @@ def _user_jobs(ds: DatasetDir, task: str, opt: TaskOptions) -> tuple[list[Job], 
     return jobs, desc_source
 
 
+def is_item_task(task: str) -> bool:
+    """Whether ``task`` writes one row per item (else one per user)."""
+    return task.startswith("item-") or task == "mllmrec-item-description"
+
+
+def output_name(task: str, profile_source: str = "training") -> str:
+    """File stem of a task's outputs: the leaky variant never shares a name with the training-only one."""
+    return task if profile_source == "training" else f"{task}.{profile_source}"
+
+
 def plan_task(ds: DatasetDir, task: str, opt: TaskOptions) -> tuple[list[Job], dict[str, str]]:
     """The jobs (one per output row) of ``task`` on ``ds``, plus notes for the summary."""
     if task not in TASKS:
         from ..errors import InputError
 
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}", field="--task")
-    if task.startswith("item-"):
+    item_task = is_item_task(task)
+    if opt.profile_source != "training" and task != "mllmrec-user-preference":
+        from ..errors import InputError
+
+        raise InputError("profile_source: all-interactions exists only for mllmrec-user-preference (MLLMRec's "
+                         "released behaviour)", field="--profile-source")
+    if item_task:
         jobs, notes = _item_jobs(ds, task, opt), {}
     else:
-        jobs, src = _user_jobs(ds, task, opt)
-        notes = {"item_descriptions": src, "history": "training prefix of leave_one_out (valid/test excluded)",
+        if task == "mllmrec-user-preference":
+            jobs, src = _mllmrec_preference_jobs(ds, opt)
+        else:
+            jobs, src = _user_jobs(ds, task, opt)
+        history = ("training prefix of leave_one_out (valid/test excluded)" if opt.profile_source == "training"
+                   else "ALL interactions, validation and test items included (MLLMRec's released code; leaks "
+                   "the evaluation targets into the profile)")
+        notes = {"item_descriptions": src, "history": history, "profile_source": opt.profile_source,
                  "max_history": str(opt.max_history)}
     if opt.limit is not None:  # keep every row (aligned to the vocabulary); rows past the limit are skipped
-        key = "item" if task.startswith("item-") else "user"
+        key = "item" if item_task else "user"
         seen: list[object] = []
         for job in jobs:
             rid = job.row[key]

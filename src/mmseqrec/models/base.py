@@ -62,6 +62,11 @@ class ItemEncoder(nn.Module, ABC):
         """Extra weighted losses on the items of a batch (``ids`` may contain padding 0). Default: none."""
         return {}
 
+    def target_losses(self, targets: Tensor, table: Tensor | None = None) -> dict[str, Tensor]:
+        """Extra weighted losses on the training targets of a batch (``targets`` as the objective sees them:
+        next items, or BERT4Rec's cloze targets; 0 = no target). Default: none."""
+        return {}
+
 
 class Backbone(nn.Module, ABC):
     """Encodes item vectors ``x [B, L, d]`` with ``mask [B, L]`` into states ``[B, L, d]``.

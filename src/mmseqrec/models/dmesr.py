@@ -83,8 +83,8 @@ class DmesrConfig(Config):
         ``unit`` (PyTorch's default 1: norm ``sqrt(dim)``; BERT4Rec then loses the positions, see
         ``docs/results.md``).
     text_kv : what the text attends to at item level: the prompt ``views`` as tokens or the ``pooled`` MLLM view.
-    causal : causal mask of the sequence-level fusion (LLM-ESR: off, only padding keys are masked; ``true``
-        stops seq-to-seq training positions from seeing later items through the fusion).
+    causal : causal mask of the sequence-level fusion (default ``true``: seq-to-seq training positions never see
+        later items; LLM-ESR's code masks only padding keys, ``false``, as the faithful presets set it).
     combine : ``concat`` (``V`` views, shared backbone, concatenated scoring) or ``gated`` (``V = 1``).
     use_id_view : add a learned ID view.
     id_init : ``pca`` (PCA of ``id_pca_view``, as LLM-ESR) or ``xavier``.
@@ -120,7 +120,7 @@ class DmesrConfig(Config):
     fusion_dropout: float = Field(0.0, ge=0, lt=1)
     fusion_norm_gain: Literal["embedding", "unit"] = "embedding"
     text_kv: Literal["views", "pooled"] = "views"
-    causal: bool = False
+    causal: bool = True
     combine: Literal["concat", "gated"] = "concat"
     use_id_view: bool = False
     id_init: Literal["pca", "xavier"] = "pca"

