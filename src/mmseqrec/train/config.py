@@ -8,7 +8,7 @@ lists for their ``name``, so a typo in an option is an error naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
@@ -38,7 +38,13 @@ class TrainConfig(Config):
 
     Attributes
     ----------
-    epochs : maximum epochs (one epoch = one window per training user).
+    epochs : maximum epochs (one epoch = one pass over the training windows, see ``windows``).
+    windows : which windows of each user's training items an epoch holds (``mmseqrec.train.batching``):
+        ``last`` (one per user: the most recent ``max_len + 1`` items, older items never a target), ``all``
+        (cut from the end so that every training item is a target once per epoch) or ``sampled`` (as many as
+        ``all``, with random ends drawn every epoch).
+    window_stride : distance between window ends for ``windows: all`` (default: ``max_len``, every item a
+        target exactly once; smaller values overlap windows).
     batch_size, lr, weight_decay : AdamW settings.
     max_len : longest input (default: the backbone's ``max_len``; both must agree).
     grad_clip : max gradient norm (0 = off).
@@ -54,6 +60,8 @@ class TrainConfig(Config):
     """
 
     epochs: int = Field(200, ge=0)
+    windows: Literal["last", "all", "sampled"] = "all"
+    window_stride: int | None = Field(None, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -157,7 +157,8 @@ class Trainer:
         self.causal = not self.model.bidirectional
         width = int(cfg.train.max_len) + (1 if self.causal else 0)
         self.batches = TrainBatches(self.split.seqs, self.split.train_end, width, cfg.train.batch_size,
-                                    self.device, min_items=2 if self.causal else 1, trim=cfg.train.trim)
+                                    self.device, min_items=2 if self.causal else 1, trim=cfg.train.trim,
+                                    windows=cfg.train.windows, stride=cfg.train.window_stride)
         regs = list(regularizers or [])
         for rc in cfg.regularizers:
             regs.append(regularizer_spec(rc.name).build(rc, tensors=tensors, windows=self.batches.matrix,
@@ -218,7 +219,7 @@ class Trainer:
         n_batches = n_targets = 0
         task = progress.add_task(f"epoch {epoch + 1}", total=len(self.batches), info="") if progress else None
         t0 = time.perf_counter()
-        for users, batch in self.batches.epoch(cfg.seed, epoch):
+        for lengths, batch in self.batches.epoch(cfg.seed, epoch):
             with self._autocast():
                 total, parts = self._loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -229,7 +230,7 @@ class Trainer:
             for k, v in (("loss", total), *parts.items()):
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             n_batches += 1
-            n_targets += self.batches.n_targets(users, self.causal, cfg.objective.positions == "last")
+            n_targets += self.batches.n_targets(lengths, self.causal, cfg.objective.positions == "last")
             if task is not None:
                 progress.update(task, advance=1)
         if self.device.type == "cuda":
