@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-__all__ = ["ENRICH_CHILD", "run_cli", "write_cycle_dataset"]
+__all__ = ["ENRICH_CHILD", "run_cli", "write_cycle_dataset", "write_genre_dataset"]
 
 #: A script that runs ``enrich --task item-summary`` with a slow fake backend: ``python - DATA LOG [HOLD]``. Each
 #: generation takes 50 ms and appends the item title to LOG; while the file HOLD exists the backend waits after
@@ -53,6 +53,27 @@ def write_cycle_dataset(root: Path, n_users: int, n_items: int, seq_len: int) ->
         users += [u] * seq_len
         items += ((start + step * np.arange(seq_len)) % n_items + 1).tolist()
         ts += list(range(1000 * u, 1000 * u + seq_len))
+    return _write(root, users, items, ts, n_users, n_items)
+
+
+def write_genre_dataset(root: Path, n_users: int = 300, n_items: int = 80, seq_len: int = 40) -> Path:
+    """Two genres (items ``1..n/2`` and ``n/2+1..n``) with the same Zipf popularity inside each; every user
+    watches one genre, most popular first more often. Popularity alone gives every user the same top list; a
+    model that learned from the sequences recommends the genre of the history."""
+    rng = np.random.default_rng(0)
+    half = n_items // 2
+    w = 1.0 / np.arange(1, half + 1)
+    w /= w.sum()
+    users, items, ts = [], [], []
+    for u in range(1, n_users + 1):
+        seq = rng.choice(half, size=min(seq_len, half), replace=False, p=w) + 1 + (u % 2) * half
+        users += [u] * seq.size
+        items += seq.tolist()
+        ts += list(range(1000 * u, 1000 * u + seq.size))
+    return _write(root, users, items, ts, n_users, n_items)
+
+
+def _write(root: Path, users: list[int], items: list[int], ts: list[int], n_users: int, n_items: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     pl.DataFrame({"user": pl.Series(users, dtype=pl.Int32), "item": pl.Series(items, dtype=pl.Int32),
                   "timestamp": pl.Series(ts, dtype=pl.Int64)}).write_parquet(root / "interactions.parquet")

@@ -169,7 +169,8 @@ def test_cli_train_evaluate_recommend(data_dir, tmp_path, capsys):
     assert "unknown cold-start policy" in capsys.readouterr().err
     # user errors: one line, exit code 2
     assert 2 == _cli(["train", "--data", str(data_dir), "--model", "transformer", "--out", str(tmp_path / "x")])
-    assert "bert4rec, gru4rec, itemknn, pop, sasrec" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown model 'transformer'" in err and all(m in err for m in ("bert4rec", "gru4rec", "sasrec"))
 
 
 def test_content_and_initialised_id_encoders_from_embedding_stores(data_dir, tmp_path):
@@ -247,6 +248,75 @@ def test_defaults_resolve_to_sasrec_with_id_table():
     assert isinstance(cfg.model, SASRecConfig) and isinstance(cfg.item_encoder, IdEmbeddingConfig)
     assert cfg.model.max_len == 30 and cfg.model.causal and cfg.objective.name == "bce"
     assert cfg.eval.protocol == "full" and cfg.eval.ks == [5, 10, 20] and cfg.train.select_metric == "NDCG@10"
+
+
+# ----------------------------------------------------------------------------- training windows (issue #9)
+def test_all_windows_make_every_training_item_a_target_once():
+    from mmseqrec.train.batching import TrainBatches, window_counts
+
+    seqs = SequenceData.from_lists([[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11], [12]])
+    train_end = np.array([0, 7, 11, 12])  # user 1 trains on 1..7, user 2 on 10, 11, user 3 on 12 (too short)
+    tb = TrainBatches(seqs, train_end, width=3, batch_size=100, windows="all")
+    lens, batch = next(tb.epoch(0, 0))
+    rows = {tuple(r) for r in batch.seq.tolist()}
+    assert rows == {(5, 6, 7), (3, 4, 5), (1, 2, 3), (0, 10, 11)}  # stride width - 1: one shared item
+    targets = sorted(r[i] for r in batch.seq.tolist() for i in range(1, 3) if r[i - 1])  # inputs are real
+    assert targets == [2, 3, 4, 5, 6, 7, 11]  # every training item but each user's first, exactly once
+    owner = dict(zip(map(tuple, batch.seq.tolist()), batch.users.tolist(), strict=True))
+    assert owner[(1, 2, 3)] == owner[(5, 6, 7)] == 1 and owner[(0, 10, 11)] == 2
+    assert sorted(lens.tolist()) == [2, 3, 3, 3] and tb.n_targets(lens, causal=True) == 7
+    assert tb.matrix.shape == (4, 3) and tb.matrix[1].tolist() == [5, 6, 7]  # regularisers: one row per user
+    # cloze (width L, stride L): every item inside exactly one window
+    cl = TrainBatches(seqs, train_end, width=3, batch_size=100, min_items=1, windows="all")
+    _, b = next(cl.epoch(0, 0))
+    assert sorted(t for r in b.seq.tolist() for t in r if t) == [1, 2, 3, 4, 5, 6, 7, 10, 11, 12]
+    np.testing.assert_array_equal(window_counts(np.array([0, 1, 2, 3, 4, 5]), 3, 2, 2), [0, 0, 1, 1, 2, 2])
+    # last: one window per user (the previous behaviour); sampled: as many as all, random ends, reproducible
+    last = TrainBatches(seqs, train_end, width=3, batch_size=100, windows="last")
+    assert {tuple(r) for r in next(last.epoch(0, 0))[1].seq.tolist()} == {(5, 6, 7), (0, 10, 11)}
+    sm = TrainBatches(seqs, train_end, width=3, batch_size=2, windows="sampled")
+    ep = [torch.cat([b.seq for _, b in sm.epoch(0, e)]) for e in (0, 0, 1)]
+    assert ep[0].shape == (4, 3) and torch.equal(ep[0], ep[1]) and not torch.equal(ep[0], ep[2])
+    for r in ep[2].tolist():  # windows of consecutive training items of one user
+        real = [t for t in r if t]
+        assert len(real) >= 2 and (real == list(range(real[0], real[0] + len(real))))
+        assert all(t <= 7 for t in real) or all(t in (10, 11) for t in real)
+
+
+@pytest.mark.parametrize("windows", ["all", "sampled"])
+def test_window_kinds_resume_bit_identically(data_dir, tmp_path, windows):
+    extra = [f"train.windows={windows}", "train.max_len=4", "objective.name=bce"]
+    Trainer(_cfg(data_dir, epochs=3, extra=extra), tmp_path / "a").fit()
+    Trainer(_cfg(data_dir, epochs=1, extra=extra), tmp_path / "b").fit()
+    Trainer(_cfg(data_dir, epochs=3, extra=extra), tmp_path / "b", resume=True).fit()
+    sa, sb = _state(tmp_path / "a" / "last.safetensors"), _state(tmp_path / "b" / "last.safetensors")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    if windows == "all":
+        log = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+        assert log[0]["targets"] == N_USERS * 9  # 10 training items, windows of 5: every item but the first
+
+
+@pytest.mark.parametrize("model", ["sasrec", "bert4rec", "gru4rec"])
+def test_demo_size_model_personalises(tmp_path, model):
+    """Issue #9.4: a demo-size model (the demo's training section) must not return the same top-10 for very
+    different histories (popularity would: both genres have the same popularity profile)."""
+    from helpers import write_genre_dataset
+
+    from mmseqrec.experiment.config import load_grid
+    from mmseqrec.serve.recommend import recommend
+
+    data = write_genre_dataset(tmp_path / "genres")
+    grid = load_grid(Path(__file__).resolve().parents[1] / "configs" / "experiments" / "demo-backbones.yaml")
+    sets = [f"train.{k}={json.dumps(v)}" for k, v in grid.base["train"].items() if k != "num_threads"]
+    sets += [f"train.epochs={4 if model != 'bert4rec' else 8}", "train.max_len=20", "train.progress=false",
+             "item_encoder.dim=32", f"objective.name={grid.base['objective']['name']}", "model.dropout=0.1"]
+    cfg = build_experiment(data=data, model=model, sets=sets, seed=0)
+    assert cfg.train.windows != "last"
+    Trainer(cfg, tmp_path / "run").fit()
+    a = [i[0] for i in recommend(tmp_path / "run", [f"i{i}" for i in (1, 2, 3, 5, 8)], k=10).items]
+    b = [i[0] for i in recommend(tmp_path / "run", [f"i{i}" for i in (41, 42, 43, 45, 48)], k=10).items]
+    assert a != b
+    assert sum(int(x[1:]) <= 40 for x in a) >= 8 and sum(int(x[1:]) > 40 for x in b) >= 8, (a, b)
 
 
 def test_cli_train_epochs_and_device_flags(data_dir, tmp_path):

@@ -2,6 +2,8 @@
 
 * ``MODELS[name] = ModelSpec(config_cls, build_fn, extra_tokens)``: ``build_fn(cfg, dim) -> Backbone``;
   ``extra_tokens`` is the number of extra item rows the backbone needs (BERT4Rec's mask token: 1).
+  General (user-item) models have ``general=True`` and ``build_fn(cfg, *, n_users, n_items, users, items,
+  tensors) -> GeneralModel`` (``mmseqrec.models.graph``); ``mmseqrec.train.general`` trains them.
   Closed-form baselines (``pop``, ``itemknn``) are entries with ``closed_form=True``: ``build_fn(cfg, n_items)
   -> ClosedFormModel`` (no item encoder); the trainer fits them once instead of running epochs.
 * ``ITEM_ENCODERS[name] = ItemEncoderSpec(config_cls, build_fn)``:
@@ -32,6 +34,18 @@ from .models.base import Backbone, ItemEncoder
 from .models.baselines import ItemKNNConfig, PopConfig, build_itemknn, build_pop
 from .models.bert4rec import BERT4Rec, BERT4RecConfig
 from .models.dmesr import DmesrConfig, build_dmesr
+from .models.graph import (
+    BPRConfig,
+    FreedomConfig,
+    LightGCNConfig,
+    MLLMRecConfig,
+    VBPRConfig,
+    build_bpr,
+    build_freedom,
+    build_lightgcn,
+    build_mllmrec,
+    build_vbpr,
+)
 from .models.gru4rec import GRU4Rec, GRU4RecConfig
 from .models.item_encoders import ContentEmbedding, ContentEmbeddingConfig, IdEmbedding, IdEmbeddingConfig
 from .models.llmemb import LlmEmbConfig, build_llmemb
@@ -51,6 +65,7 @@ class ModelSpec:
     config_cls: type
     build: Callable[[Any, int], Backbone]
     extra_tokens: int = 0
+    general: bool = False
     closed_form: bool = False
 
 
@@ -85,6 +100,12 @@ MODELS: dict[str, ModelSpec] = {
     "sasrec": ModelSpec(SASRecConfig, SASRec),
     "bert4rec": ModelSpec(BERT4RecConfig, BERT4Rec, extra_tokens=1),
     "gru4rec": ModelSpec(GRU4RecConfig, GRU4Rec),
+    # general (user-item) models, trained by train.general on a multi-target split (data.split)
+    "bpr": ModelSpec(BPRConfig, build_bpr, general=True),
+    "lightgcn": ModelSpec(LightGCNConfig, build_lightgcn, general=True),
+    "vbpr": ModelSpec(VBPRConfig, build_vbpr, general=True),
+    "freedom": ModelSpec(FreedomConfig, build_freedom, general=True),
+    "mllmrec": ModelSpec(MLLMRecConfig, build_mllmrec, general=True),
     "pop": ModelSpec(PopConfig, build_pop, closed_form=True),
     "itemknn": ModelSpec(ItemKNNConfig, build_itemknn, closed_form=True),
 }

@@ -54,7 +54,7 @@ def _root(
     """Multimodal sequential recommendation enhanced by multimodal LLMs."""
 
 # Explicit table of command modules (no auto-discovery). Each module exposes ``register(app)``.
-_COMMAND_MODULES = ("data", "enrich", "embed", "train", "evaluate", "experiment", "serve")
+_COMMAND_MODULES = ("data", "enrich", "embed", "train", "evaluate", "experiment", "serve", "llmrec")
 
 
 def _register_all() -> None:

@@ -76,11 +76,14 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
         data: Annotated[Path | None, typer.Option("--data", "-d", help="Prepared dataset directory.")] = None,
-        model: Annotated[str | None, typer.Option("--model", "-m", help="sasrec | bert4rec | gru4rec | pop | itemknn")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", help="sasrec | bert4rec | gru4rec | pop | itemknn | "
+                                                  "bpr | lightgcn | vbpr | freedom | mllmrec")] = None,
         protocol: Annotated[str | None, typer.Option(help="full | sampled:N | candidates:N ...")] = None,
         config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML.")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override key.sub=value.")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+        split: Annotated[str | None, typer.Option(help="General models: random:8:1:1 | time:8:1:1 | x_label.")
+                         ] = None,
         epochs: Annotated[int | None, typer.Option(help="Maximum epochs (train.epochs; early stopping on "
                                                    "validation may end sooner).")] = None,
         device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (train.device).")] = None,
@@ -91,15 +94,18 @@ def register(app: typer.Typer) -> None:
 
         Example: mmseqrec train --data DATA --model sasrec --out RUN --epochs 20 --device cpu
         """
+        from ..train.general import GeneralTrainer, is_general
         from ..train.trainer import Trainer
 
         base = None
         if resume and config is None and (out / "config.yaml").exists():
             base = yaml.safe_load((out / "config.yaml").read_text())
         flags = ([f"train.epochs={epochs}"] if epochs is not None else []) + \
-            ([f"train.device={device}"] if device is not None else [])
+            ([f"train.device={device}"] if device is not None else []) + \
+            ([f"data.split={split}"] if split else [])
         cfg = build_experiment(config, data, model, protocol, seed, [*flags, *(set_ or [])], base=base)
-        metrics = Trainer(cfg, out, resume=resume, overwrite=overwrite).fit()
+        trainer = GeneralTrainer if is_general(cfg) else Trainer
+        metrics = trainer(cfg, out, resume=resume, overwrite=overwrite).fit()
         if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports
             return
         console.print(_metrics_table(f"test ({metrics['protocol']}, best epoch {metrics['best_epoch']})",
@@ -139,6 +145,7 @@ def register(app: typer.Typer) -> None:
         run: Annotated[Path, typer.Argument(help="Run directory written by `mmseqrec train`.")],
         history: Annotated[str | None, typer.Option(help="Original item ids, oldest first, comma-separated.")]
         = None,
+        user: Annotated[str | None, typer.Option(help="General models: an original user id.")] = None,
         k: Annotated[int, typer.Option("-k", "--k", help="Number of items (at least 1).")] = 10,
         include_seen: Annotated[bool, typer.Option(help="Allow items of the history.")] = False,
         cold: Annotated[str, typer.Option(help="No known history id: 'error' (default) or 'popularity' (the most "
@@ -148,13 +155,20 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(help="Use --data even if it is not the run's dataset.")] = False,
     ) -> None:
         """Print the top-K items with scores for a history of original item ids."""
+        from ..serve.general import GeneralRecommender, is_general_run
         from ..serve.recommend import recommend
 
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}", field="-k")
         items = [h.strip() for h in (history or "").split(",") if h.strip()]
-        res = recommend(run, items, k=k, exclude_seen=not include_seen, cold=cold,  # type: ignore[arg-type]
-                        data_dir=data, force=force)
+        if is_general_run(run):
+            res = GeneralRecommender(run, data_dir=data, force=force)(items, user=user, k=k, exclude_seen=not include_seen)
+        elif user is not None:
+            raise InputError("--user needs a general model run (bpr, lightgcn, vbpr, freedom, mllmrec)",
+                             field="--user")
+        else:
+            res = recommend(run, items, k=k, exclude_seen=not include_seen, cold=cold,  # type: ignore[arg-type]
+                            data_dir=data, force=force)
         if as_json:
             typer.echo(json.dumps({"source": res.source,
                                    "items": [{"item_id": i, "title": t, "score": s} for i, t, s in res.items],

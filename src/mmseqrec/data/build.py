@@ -99,6 +99,8 @@ def _canonical(raw: RawData) -> pl.DataFrame:
     ] + [pl.col("timestamp").cast(pl.Int64)]
     if "rating" in inter.columns:
         cols.append(pl.col("rating").cast(pl.Float32))
+    if "x_label" in inter.columns:
+        cols.append(pl.col("x_label").cast(pl.Int8))
     df = inter.select(cols)
     nulls = df.select(pl.all().null_count()).row(0, named=True)
     for col, n in nulls.items():
@@ -249,7 +251,7 @@ def prepare_raw(
     df = df.with_columns(pl.Series("user", u_new), pl.Series("item", i_new)).sort(
         ["user", "timestamp", "_row"]
     )
-    cols = ["user", "item", "timestamp"] + (["rating"] if "rating" in df.columns else [])
+    cols = ["user", "item", "timestamp"] + [c for c in ("rating", "x_label") if c in df.columns]
     inter = df.select(cols)
     users = pl.DataFrame(
         {

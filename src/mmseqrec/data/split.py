@@ -24,6 +24,9 @@ class EvalSet:
     users: np.ndarray  # int64 [n]
     targets: np.ndarray  # int64 [n]
     hist_end: np.ndarray  # int64 [n]
+    #: ``"valid"`` / ``"test"`` for the leave-one-out splits; a candidate file with a ``split`` column scores
+    #: only its rows of this split (see :mod:`mmseqrec.evaluate.candidates`).
+    name: str | None = None
 
     def __len__(self) -> int:
         return int(self.users.size)
@@ -55,6 +58,6 @@ def leave_one_out(seqs: SequenceData, min_len: int = 3) -> LeaveOneOut:
     evaluated[0] = False
     train_end = np.where(evaluated, end - 2, end).astype(np.int64)
     users = np.nonzero(evaluated)[0].astype(np.int64)
-    valid = EvalSet(users=users, targets=seqs.items[end[users] - 2], hist_end=end[users] - 2)
-    test = EvalSet(users=users, targets=seqs.items[end[users] - 1], hist_end=end[users] - 1)
+    valid = EvalSet(users=users, targets=seqs.items[end[users] - 2], hist_end=end[users] - 2, name="valid")
+    test = EvalSet(users=users, targets=seqs.items[end[users] - 1], hist_end=end[users] - 1, name="test")
     return LeaveOneOut(seqs=seqs, train_end=train_end, valid=valid, test=test)

@@ -7,6 +7,11 @@ and test targets differ), and extra rows are ignored. The lists are used in the 
 recommender that reads them and a sequential model that scores them see identical lists. The file's sha256 is
 recorded with every result scored on it.
 
+A file with a ``split`` column (values ``train`` / ``valid`` / ``test``, written by ``mmseqrec llmrec
+candidates``) *defines* the cases of each split: scoring a split uses only that split's rows, each of which must
+be an evaluation case of the dataset's split (same user, same target); the split's other cases are not scored
+(a user-level 8:1:1 split scores only the test users). ``train`` rows are never scored.
+
 :func:`write_candidates` writes such a file (atomically) from arrays; :func:`read_candidates` validates it and
 aligns it with a split's evaluation cases. Everything is vectorised (no per-row Python).
 """
@@ -46,6 +51,7 @@ class CandidateLists:
     target_col: np.ndarray
     path: str
     sha256: str
+    cases: np.ndarray | None = None  # indices of the evaluation cases scored (``None``: all of them)
 
     @property
     def n_negatives(self) -> int:
@@ -87,7 +93,7 @@ def _validate_lists(items: np.ndarray, targets: np.ndarray, n_items: int | None,
 
 
 def write_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, candidates: np.ndarray,
-                     n_items: int | None = None) -> str:
+                     n_items: int | None = None, extra: dict[str, pl.Series] | None = None) -> str:
     """Write a candidate file atomically and return its sha256.
 
     Parameters
@@ -98,6 +104,8 @@ def write_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, c
         Each case's list (containing its target once), in the order a recommender should see it.
     n_items : int, optional
         When given, item ids must be in ``1..n_items``.
+    extra : dict of str to polars Series, optional
+        More columns (one value per case), e.g. ``split`` and ``history`` from ``mmseqrec llmrec candidates``.
     """
     users = np.asarray(users, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
@@ -111,14 +119,34 @@ def write_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, c
         "user": users, "target": targets,
         "candidates": pl.Series(items.ravel()).reshape((users.size, c)).cast(pl.List(pl.Int64)),
     })
+    for name, col in (extra or {}).items():
+        if name in _COLUMNS or len(col) != users.size:
+            raise InputError(f"extra column {name!r} must be new and have one value per case", field=name)
+        frame = frame.with_columns(pl.Series(name, col))
+    if "split" in frame.columns:
+        _check_split_values(frame["split"], path)
     with atomic_path(path) as tmp:
         frame.write_parquet(tmp)
     return sha256_file(path)
 
 
+_SPLITS = ("train", "valid", "test")
+
+
+def _check_split_values(col: pl.Series, path: str | Path) -> None:
+    bad = ~col.cast(pl.Utf8).is_in(_SPLITS).fill_null(False).to_numpy()
+    if bad.any():
+        i = _first_bad(bad)
+        raise InputError(f"split must be one of {', '.join(_SPLITS)}, got {col[i - 1]!r}", file=path, line=i,
+                         field="split")
+
+
 def read_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, n_users: int | None = None,
-                    n_items: int | None = None) -> CandidateLists:
+                    n_items: int | None = None, split: str | None = None) -> CandidateLists:
     """Read, validate and align a candidate file with evaluation cases ``(users[i], targets[i])``.
+
+    ``split`` names the cases' split (``valid`` / ``test``); a file with a ``split`` column needs it and then
+    defines the cases scored (:attr:`CandidateLists.cases`).
 
     Raises
     ------
@@ -137,6 +165,16 @@ def read_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, n_
     for col in ("user", "target"):
         if not df.schema[col].is_integer():
             raise InputError(f"must be integer ids, got {df.schema[col]}", file=path, field=col)
+    by_split = "split" in df.columns
+    keep = np.ones(df.height, dtype=bool)
+    if by_split:  # the whole file is validated; only this split's rows are aligned with the cases
+        _check_split_values(df["split"], path)
+        if split not in ("valid", "test"):
+            raise InputError("this candidate file assigns its rows to splits; the evaluation cases must name "
+                             "theirs (valid or test)", file=path, field="split")
+        keep = (df["split"].cast(pl.Utf8) == split).to_numpy()
+        if not keep.any():
+            raise InputError(f"the candidate file has no {split} rows", file=path, field="split")
     df = df.select("user", "target", pl.col("candidates").cast(pl.List(pl.Int64)))
     if df.height == 0:
         raise InputError("the candidate file has no rows", file=path)
@@ -162,14 +200,28 @@ def read_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, n_
             raise InputError(f"unknown user {int(fu[i - 1])} (users are 1..{n_users})", file=path, line=i,
                              field="user")
     tcol_file = _validate_lists(items, ft, n_items, path)
+    line_no = np.nonzero(keep)[0] + 1  # file lines of the rows kept
+    fu, ft, items, tcol_file = fu[keep], ft[keep], items[keep], tcol_file[keep]
     key = pl.DataFrame({"user": fu, "target": ft, "row": np.arange(fu.size, dtype=np.int64)})
     dup = key.select(pl.struct("user", "target").is_duplicated()).to_series().to_numpy()
     if dup.any():
         i = _first_bad(dup)
         raise InputError(f"duplicate row for user {int(fu[i - 1])}, target {int(ft[i - 1])}", file=path,
-                         line=i, field="user")
+                         line=int(line_no[i - 1]), field="user")
     cases = pl.DataFrame({"user": np.asarray(users, dtype=np.int64), "target": np.asarray(targets, dtype=np.int64),
                           "case": np.arange(np.asarray(users).size, dtype=np.int64)})
+    if by_split:  # the file's rows of this split are the cases scored; each must be an evaluation case
+        joined = key.join(cases, on=["user", "target"], how="left").sort("row")
+        missing = joined["case"].is_null().to_numpy()
+        if missing.any():
+            j = int(np.argmax(missing))
+            raise InputError(f"user {int(joined['user'][j])}, target {int(joined['target'][j])} is not a {split} "
+                             f"case of this dataset (was the file built from another dataset?)", file=path,
+                             line=int(line_no[j]), field="target")
+        case_idx = joined["case"].to_numpy().astype(np.int64)
+        order = np.argsort(case_idx, kind="stable")
+        return CandidateLists(items=items[order], target_col=tcol_file[order], path=str(path),
+                              sha256=sha256_file(path), cases=case_idx[order])
     joined = cases.join(key, on=["user", "target"], how="left").sort("case")
     missing = joined["row"].is_null().to_numpy()
     if missing.any():

@@ -347,7 +347,11 @@ def evaluate_ranking(
         if candidates is not None:
             raise InputError("give candidate lists either as a file in the protocol or as an array, not both",
                              field="candidates")
-        lists = read_candidates(proto.file, users, targets, n_users=seqs.n_users, n_items=seqs.n_items)
+        lists = read_candidates(proto.file, users, targets, n_users=seqs.n_users, n_items=seqs.n_items,
+                                split=getattr(evalset, "name", None))
+        if lists.cases is not None:  # a file with a split column defines the cases scored
+            users, targets, hist_end = users[lists.cases], targets[lists.cases], hist_end[lists.cases]
+            n_cases = users.size
         cand_file = {"path": lists.path, "sha256": lists.sha256, "n_negatives": lists.n_negatives}
     elif candidates is not None:
         if proto.kind != "candidates":

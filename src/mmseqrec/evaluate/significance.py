@@ -40,8 +40,21 @@ def _frames(x: pl.DataFrame | Sequence[pl.DataFrame], name: str) -> list[pl.Data
     return frames
 
 
+def _per_user(frames: list[pl.DataFrame], metric: str) -> list[pl.DataFrame]:
+    """Multi-target runs (general recommendation): one case per user, ``target = 0``, ``rank`` replaced by the
+    user's metric value (see :mod:`.multitarget`)."""
+    from .multitarget import user_values
+
+    out = []
+    for f in frames:
+        u, v = user_values(f["user"].to_numpy(), f["rank"].to_numpy(), metric)
+        out.append(pl.DataFrame({"user": u, "target": np.zeros(u.size, np.int64), "value": v}))
+    return out
+
+
 def case_means(frames: pl.DataFrame | Sequence[pl.DataFrame], metric: str = "NDCG@10", *,
-               ties: str = "pessimistic", n_negatives: int | None = None, name: str = "A") -> pl.DataFrame:
+               ties: str = "pessimistic", n_negatives: int | None = None, name: str = "A",
+               per_user: bool = False) -> pl.DataFrame:
     """Per-case value of ``metric`` averaged over seeds: ``user, target, value`` sorted by ``(user, target)``.
 
     Parameters
@@ -49,6 +62,9 @@ def case_means(frames: pl.DataFrame | Sequence[pl.DataFrame], metric: str = "NDC
     frames : DataFrame or sequence of DataFrames
         One ``user, target, rank[, tied]`` frame per seed of the variant (as written by
         :meth:`RankingResult.save_ranks`).
+    per_user : bool
+        Multi-target runs (general models): the case is the user (``target`` = 0) and ``metric`` is one of
+        ``Recall@K``, ``NDCG@K``, ``Precision@K``, ``MAP@K`` over the user's targets.
 
     Raises
     ------
@@ -57,6 +73,14 @@ def case_means(frames: pl.DataFrame | Sequence[pl.DataFrame], metric: str = "NDC
     """
     frames = _frames(frames, name)
     k = len(frames)
+    if per_user:
+        frames = _per_user(frames, metric)
+        stacked = pl.concat(frames)
+        out = stacked.group_by(_KEY).agg(pl.col("value").mean(), pl.len().alias("n")).sort(_KEY)
+        if len({f.height for f in frames}) != 1 or out.height != frames[0].height or (out["n"] != k).any():
+            raise InputError(f"the runs of variant {name} did not evaluate the same users; compare runs of the "
+                             "same dataset and split", field="ranks")
+        return out.select(*_KEY, pl.col("value").round(_DECIMALS))
     cols = [pl.col("user").cast(pl.Int64), pl.col("target").cast(pl.Int64), pl.col("rank").cast(pl.Float64)]
     stacked = pl.concat([f.select(*cols, (pl.col("tied").cast(pl.Int64) if "tied" in f.columns
                                           else pl.lit(None, pl.Int64).alias("tied")))
@@ -74,8 +98,8 @@ def case_means(frames: pl.DataFrame | Sequence[pl.DataFrame], metric: str = "NDC
 
 
 def paired_values(ranks_a: pl.DataFrame | Sequence[pl.DataFrame], ranks_b: pl.DataFrame | Sequence[pl.DataFrame],
-                  metric: str = "NDCG@10", *, ties: str = "pessimistic", n_negatives: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  metric: str = "NDCG@10", *, ties: str = "pessimistic", n_negatives: int | None = None,
+                  per_user: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-case seed-mean values of both variants, aligned on ``(user, target)``.
 
     Raises
@@ -83,8 +107,8 @@ def paired_values(ranks_a: pl.DataFrame | Sequence[pl.DataFrame], ranks_b: pl.Da
     InputError
         When the two variants do not hold exactly the same cases.
     """
-    a = case_means(ranks_a, metric, ties=ties, n_negatives=n_negatives, name="A")
-    b = case_means(ranks_b, metric, ties=ties, n_negatives=n_negatives, name="B")
+    a = case_means(ranks_a, metric, ties=ties, n_negatives=n_negatives, name="A", per_user=per_user)
+    b = case_means(ranks_b, metric, ties=ties, n_negatives=n_negatives, name="B", per_user=per_user)
     if a.height != b.height:
         raise InputError(f"runs evaluated different cases ({a.height} vs {b.height}); compare runs of the same "
                          "dataset, split and protocol", field="ranks")
@@ -96,7 +120,8 @@ def paired_values(ranks_a: pl.DataFrame | Sequence[pl.DataFrame], ranks_b: pl.Da
 
 def paired_test(ranks_a: pl.DataFrame | Sequence[pl.DataFrame], ranks_b: pl.DataFrame | Sequence[pl.DataFrame],
                 metric: str = "NDCG@10", *, ties: str = "pessimistic", n_negatives: int | None = None,
-                protocol_a: str | None = None, protocol_b: str | None = None) -> dict[str, float]:
+                protocol_a: str | None = None, protocol_b: str | None = None, per_user: bool = False
+                ) -> dict[str, float]:
     """Two-sided paired Wilcoxon signed-rank and paired t-test of ``metric`` between variants A and B (B - A).
 
     The one implementation behind ``mmseqrec compare`` (one run per side) and ``mmseqrec experiment`` reports
@@ -113,6 +138,8 @@ def paired_test(ranks_a: pl.DataFrame | Sequence[pl.DataFrame], ranks_b: pl.Data
         The protocol's ties policy (``random``: exact expected per-case values from ``tied``).
     protocol_a, protocol_b : str, optional
         When given they must be equal.
+    per_user : bool
+        Multi-target runs of general models: the user is the case (see :func:`case_means`).
 
     Returns
     -------
@@ -125,7 +152,7 @@ def paired_test(ranks_a: pl.DataFrame | Sequence[pl.DataFrame], ranks_b: pl.Data
     if protocol_a is not None and protocol_b is not None and str(protocol_a) != str(protocol_b):
         raise InputError(f"runs used different protocols ({protocol_a} vs {protocol_b}); their numbers are "
                          "not comparable", field="protocol")
-    va, vb = paired_values(ranks_a, ranks_b, metric, ties=ties, n_negatives=n_negatives)
+    va, vb = paired_values(ranks_a, ranks_b, metric, ties=ties, n_negatives=n_negatives, per_user=per_user)
     n = int(va.size)
     diff = vb - va
     if n == 0 or not np.any(diff != 0):

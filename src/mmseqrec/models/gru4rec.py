@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..config import Config
-from .base import Backbone, xavier_init_
+from .base import Backbone, Dropout, xavier_init_
 
 __all__ = ["GRU4Rec", "GRU4RecConfig"]
 
@@ -43,7 +43,7 @@ class GRU4Rec(Backbone):
     def __init__(self, cfg: GRU4RecConfig, dim: int) -> None:
         super().__init__()
         self.dim, self.causal, self.max_len = int(dim), True, int(cfg.max_len)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.gru = nn.GRU(self.dim, self.dim, cfg.n_layers, bias=cfg.bias, batch_first=True)
         xavier_init_(self)  # LLM-ESR's init
 

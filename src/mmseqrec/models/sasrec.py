@@ -32,7 +32,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..config import Config
-from .base import Backbone, xavier_init_
+from .base import Backbone, Dropout, dropout, xavier_init_
 
 __all__ = ["SASRec", "SASRecConfig", "TransformerBackbone", "attention_mask"]
 
@@ -103,21 +103,27 @@ class _Block(nn.Module):
     def _attn(self, x: Tensor, attn_mask: Tensor) -> Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            # SDPA's math path spelled out so that the attention-weight dropout uses the fast CPU mask
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+            att = torch.softmax(att.masked_fill(~attn_mask, float("-inf")), -1)
+            y = dropout(att, self.dropout) @ v
+        else:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
     def _ffn(self, x: Tensor) -> Tensor:
-        h = F.dropout(self.act(self.ff1(x)), self.dropout, self.training)
+        h = dropout(self.act(self.ff1(x)), self.dropout, self.training)
         return self.ff2(h)
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        drop = self.dropout if self.training else 0.0
+        p, t = self.dropout, self.training
         if self.pre_ln:
-            x = x + F.dropout(self._attn(self.norm1(x), attn_mask), drop, self.training)
-            return x + F.dropout(self._ffn(self.norm2(x)), drop, self.training)
-        x = self.norm1(x + F.dropout(self._attn(x, attn_mask), drop, self.training))
-        return self.norm2(x + F.dropout(self._ffn(x), drop, self.training))
+            x = x + dropout(self._attn(self.norm1(x), attn_mask), p, t)
+            return x + dropout(self._ffn(self.norm2(x)), p, t)
+        x = self.norm1(x + dropout(self._attn(x, attn_mask), p, t))
+        return self.norm2(x + dropout(self._ffn(x), p, t))
 
 
 class _SASRecBlock(_Block):
@@ -167,7 +173,7 @@ class TransformerBackbone(Backbone):
         self.block, self.from_start, self.mask_padding = block, positions == "from-start", bool(mask_padding)
         # from-start numbers real items 1..n and gives padding 0 (one more row)
         self.positions = nn.Embedding(self.max_len + int(self.from_start), self.dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         if block == "sasrec":
             self.blocks = nn.ModuleList(
                 _SASRecBlock(self.dim, n_heads, dropout, ffn_mult, activation) for _ in range(n_layers))

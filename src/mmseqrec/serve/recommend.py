@@ -16,7 +16,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["COLD_POLICIES", "RecommendResult", "Recommender", "recommend"]
+__all__ = ["COLD_POLICIES", "RecommendResult", "Recommender", "item_tables", "recommend"]
 
 COLD_POLICIES = ("error", "popularity")
 
@@ -35,6 +35,14 @@ class RecommendResult:
     source: Literal["model", "popularity"] = "model"
 
 
+def item_tables(ds) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """``(original id -> internal id, internal id -> original id, internal id -> title)`` of a dataset."""
+    ids = ds.item_ids()
+    items = ds.items.sort("item")
+    titles = ["" if t is None else str(t) for t in items["title"].to_list()] if "title" in items.columns else []
+    return ds.item_index(), ids, np.asarray([""] + titles if titles else [""] * ids.size, dtype=object)
+
+
 class Recommender:
     """A loaded run that answers many queries (loads the checkpoint and the item table once)."""
 
@@ -43,12 +51,7 @@ class Recommender:
         from ..train.run import load_run
 
         self.run = load_run(run_dir, device=device, data_dir=data_dir, force=force)
-        ds = self.run.dataset
-        self.index = ds.item_index()
-        self.ids = ds.item_ids()
-        items = ds.items.sort("item")
-        titles = ["" if t is None else str(t) for t in items["title"].to_list()] if "title" in items.columns else []
-        self.titles = np.asarray([""] + titles if titles else [""] * self.ids.size, dtype=object)
+        self.index, self.ids, self.titles = item_tables(self.run.dataset)
         self.max_len = int(self.run.config.train.max_len)
         self._popularity: torch.Tensor | None = None
         self.search = None  # a FaissSearch over the item vectors (mmseqrec.serve.index); None = exact

@@ -8,7 +8,7 @@ lists for their ``name``, so a typo in an option is an error naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
@@ -24,10 +24,13 @@ class DataConfig(Config):
     ----------
     path : prepared dataset directory.
     min_len : users with fewer interactions are train-only (never evaluated), see ``data.split``.
+    split : sequence models: ``leave-one-out`` (the only one); general models (``bpr``, ``lightgcn``, ...):
+        ``random:8:1:1[:seed=S]`` (default), ``time:8:1:1`` or ``x_label`` (see ``data.general_split``).
     """
 
     path: str | None = None
     min_len: int = Field(3, ge=2)  # leave-one-out needs a valid and a test item
+    split: str | None = None
 
 
 class TrainConfig(Config):
@@ -35,7 +38,13 @@ class TrainConfig(Config):
 
     Attributes
     ----------
-    epochs : maximum epochs (one epoch = one window per training user).
+    epochs : maximum epochs (one epoch = one pass over the training windows, see ``windows``).
+    windows : which windows of each user's training items an epoch holds (``mmseqrec.train.batching``):
+        ``last`` (one per user: the most recent ``max_len + 1`` items, older items never a target), ``all``
+        (cut from the end so that every training item is a target once per epoch) or ``sampled`` (as many as
+        ``all``, with random ends drawn every epoch).
+    window_stride : distance between window ends for ``windows: all`` (default: ``max_len``, every item a
+        target exactly once; smaller values overlap windows).
     batch_size, lr, weight_decay : AdamW settings.
     max_len : longest input (default: the backbone's ``max_len``; both must agree).
     grad_clip : max gradient norm (0 = off).
@@ -51,6 +60,8 @@ class TrainConfig(Config):
     """
 
     epochs: int = Field(200, ge=0)
+    windows: Literal["last", "all", "sampled"] = "all"
+    window_stride: int | None = Field(None, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -128,6 +139,8 @@ class ExperimentConfig(Config):
 
     @model_validator(mode="after")
     def _metric(self) -> ExperimentConfig:
+        if getattr(model_spec(self.model.name), "general", False):
+            return self  # checked by _resolve_general, after the general defaults
         metric = self.train.select_metric
         known = {f"{n}@{k}" for n in ("HR", "NDCG", "MRR") for k in self.eval.ks}
         if self.eval.protocol.strip() != "full":
@@ -139,6 +152,10 @@ class ExperimentConfig(Config):
 
     @model_validator(mode="after")
     def _resolve(self) -> ExperimentConfig:
+        if getattr(model_spec(self.model.name), "general", False):
+            return self._resolve_general()
+        if self.data.split not in (None, "leave-one-out"):
+            raise ValueError(f"sequence models use the leave-one-out split, not {self.data.split!r}")
         backbone_len = getattr(self.model, "max_len", None)
         if self.train.max_len is None:
             if backbone_len is not None:
@@ -149,6 +166,32 @@ class ExperimentConfig(Config):
             if "max_len" in self.model.model_fields_set:
                 raise ValueError(f"train.max_len={self.train.max_len} differs from model.max_len={backbone_len}")
             self.model.max_len = self.train.max_len
+        return self
+
+
+    def _resolve_general(self) -> ExperimentConfig:
+        """General-model defaults where not given: MMRec's split, batch 2048, no clipping, Recall@20 on
+        valid, cut-offs 10 and 20."""
+        from ..data.general_split import canonical_split
+
+        self.data.split = canonical_split(self.data.split or "random:8:1:1")
+        if self.eval.protocol != "full":
+            raise ValueError(f"general models are evaluated by full ranking only, not {self.eval.protocol!r}")
+        for key, value in (("batch_size", 2048), ("grad_clip", 0.0), ("select_metric", "Recall@20")):
+            if key not in self.train.model_fields_set:
+                setattr(self.train, key, value)
+        if "ks" not in self.eval.model_fields_set:
+            self.eval.ks = [10, 20]
+        if "exclude_history" not in self.eval.model_fields_set:
+            self.eval.exclude_history = True
+        from ..evaluate.multitarget import multi_metric_names
+
+        known = multi_metric_names(self.eval.ks)
+        if self.train.select_metric not in known:
+            raise ValueError(f"train.select_metric {self.train.select_metric!r} is not computed for general models "
+                             f"with eval.ks={self.eval.ks}; choose one of {', '.join(known)}")
+        if self.train.max_len is None:
+            self.train.max_len = 200
         return self
 
 

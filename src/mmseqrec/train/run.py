@@ -177,6 +177,9 @@ def load_run(run_dir: str | Path, device: str | None = None, data_dir: str | Pat
     if not (run / CONFIG).exists():
         raise InputError("not a run directory (no config.yaml); run `mmseqrec train` first", file=run)
     cfg = load_experiment(run / CONFIG)
+    if getattr(model_spec(cfg.model.name), "general", False):
+        raise InputError(f"{cfg.model.name} is a general (user-item) model: its run is scored at training time "
+                         "(metrics.json); load it with mmseqrec.train.general.load_general_run", file=run / CONFIG)
     data = data_dir or cfg.data.path
     if data is None:
         raise InputError("the run records no dataset path; pass --data", file=run / CONFIG, field="data.path")

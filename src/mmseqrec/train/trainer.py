@@ -152,6 +152,8 @@ class Trainer:
     regularizers : extra loss modules passed to the model (e.g. LLM-ESR self-distillation).
     """
 
+    dist = DistContext()  # single process unless __init__ finds torchrun's environment
+
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, regularizers: list[torch.nn.Module] | None = None) -> None:
         if cfg.data.path is None:
@@ -181,7 +183,8 @@ class Trainer:
             self.model.set_sampling_counts(torch.from_numpy(np.asarray(self.popularity)))
         width = int(cfg.train.max_len) + (1 if self.causal else 0)
         self.batches = TrainBatches(self.split.seqs, self.split.train_end, width, cfg.train.batch_size,
-                                    self.device, min_items=2 if self.causal else 1, trim=cfg.train.trim)
+                                    self.device, min_items=2 if self.causal else 1, trim=cfg.train.trim,
+                                    windows=cfg.train.windows, stride=cfg.train.window_stride)
         regs = list(regularizers or [])
         for rc in cfg.regularizers:
             regs.append(regularizer_spec(rc.name).build(rc, tensors=tensors, windows=self.batches.matrix,
@@ -246,8 +249,8 @@ class Trainer:
         n_batches = n_targets = 0
         task = progress.add_task(f"epoch {epoch + 1}", total=len(self.batches), info="") if progress else None
         t0 = time.perf_counter()
-        for users, batch in self.batches.epoch(cfg.seed, epoch):
-            users, batch, weight = self._shard(users, batch)
+        for lengths, batch in self.batches.epoch(cfg.seed, epoch):
+            lengths, batch, weight = self._shard(lengths, batch)
             with self._autocast():
                 total, parts = self._loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -258,7 +261,7 @@ class Trainer:
             for k, v in (("loss", total), *parts.items()):
                 sums[k] = sums.get(k, 0.0) + v.detach().float() * weight  # shard losses weighted as in backward
             n_batches += 1
-            n_targets += self.batches.n_targets(users, self.causal, cfg.objective.positions == "last") * (weight > 0)
+            n_targets += self.batches.n_targets(lengths, self.causal, cfg.objective.positions == "last") * (weight > 0)
             if task is not None:
                 progress.update(task, advance=1)
         if self.device.type == "cuda":
@@ -308,7 +311,7 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_text(run / CONFIG, dump_config(cfg))
         metric = cfg.train.select_metric
-        has_valid = len(self.split.valid) > 0
+        has_valid = self.has_valid()
         with _progress(cfg.train.progress and self.dist.is_main) as progress:
             epoch = int(state["epoch"])
             while epoch < cfg.train.epochs and not state["stopped"]:
@@ -317,8 +320,7 @@ class Trainer:
                 best = False
                 if has_valid and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
                     t0 = time.perf_counter()
-                    res = evaluate_model(self.model, self.split.valid, self.split, cfg, self.device,
-                                         popularity=self.popularity, dist_ctx=self.dist)
+                    res = self.evaluate_valid()
                     row["valid"] = res.metrics
                     row["eval_seconds"] = time.perf_counter() - t0
                     if metric not in res.metrics:
@@ -347,6 +349,15 @@ class Trainer:
                         + (f", valid {metric} {v:.4f}" if v is not None else "")
                         + f", {row['targets_per_s']:.0f} targets/s")
         return self.finish(state)
+
+    def has_valid(self) -> bool:
+        """Whether there are validation cases (otherwise the last epoch is the best)."""
+        return len(self.split.valid) > 0
+
+    def evaluate_valid(self):
+        """Validation ranking under the run's protocol (the metric dict selects the best checkpoint)."""
+        return evaluate_model(self.model, self.split.valid, self.split, self.cfg, self.device,
+                              popularity=self.popularity, dist_ctx=self.dist)
 
     def _save_checkpoint(self, state: dict[str, Any], epoch: int, best: bool) -> None:
         """last + optimiser (+ best) + state.json as one unit (:func:`~.checkpoint.write_checkpoint`)."""
@@ -383,4 +394,8 @@ class Trainer:
 def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False
           ) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` and return the contents of ``metrics.json``."""
+    from .general import GeneralTrainer, is_general
+
+    if is_general(cfg):
+        return GeneralTrainer(cfg, run_dir, resume=resume, overwrite=overwrite).fit()
     return Trainer(cfg, run_dir, resume=resume, overwrite=overwrite).fit()

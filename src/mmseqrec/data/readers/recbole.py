@@ -4,7 +4,8 @@ headers such as ``user_id:token  item_id:token  rating:float  timestamp:float``)
 Field names come from :class:`ReaderOptions` (``user_col``/``item_col``/``time_col``; the rating field is
 ``rating_col`` or ``rating`` when present). Without a timestamp field, file order is time. In ``.item`` the
 title is ``title_col`` or the first of ``title``, ``movie_title``, ``item_name``, ``name``; ``class``/
-``genre``/``categories`` become ``categories``; other fields are kept as text columns.
+``genre``/``categories`` become ``categories``; other fields are kept as text columns. An ``x_label`` field of
+``.inter`` (MMRec's 0/1/2 train/valid/test marks) is kept for the ``x_label`` split of general models.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def read(paths: list[Path], opts: ReaderOptions) -> RawData:
         ]
         if rating:
             cols.append(pl.col(rating).cast(pl.Float32, strict=False).alias("rating"))
+        if "x_label" in df.columns:  # MMRec's pre-made split (0/1/2 = train/valid/test), kept for data.split
+            cols.append(pl.col("x_label").cast(pl.Float64, strict=False).cast(pl.Int8, strict=False).alias("x_label"))
         out = df.select(pl.col("lineno"), *cols)
         for c in out.columns:
             bad = out.filter(pl.col(c).is_null())

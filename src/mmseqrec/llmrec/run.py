@@ -1,0 +1,305 @@
+"""MLLM-MSR (and MMSRARec's prompt + multi-task SFT, :mod:`.mmsrarec`) as a run: LoRA SFT (peft) on the yes/no
+prompt, then yes/no scoring of the candidate file's valid and
+test lists, written with the run-directory contract of ``mmseqrec train`` so ``compare`` pairs it with
+sequential runs scored on the same file (``mmseqrec evaluate RUN --protocol candidates:file=FILE``).
+
+Run directory::
+
+    RUN/config.yaml         the resolved :class:`LLMRecConfig` + the candidate file's sha256 + the prompt sources
+    RUN/adapter/            peft adapter (adapter_model.safetensors + adapter_config.json)
+    RUN/log.jsonl           one line per epoch (mean SFT loss)
+    RUN/metrics.json        protocol candidates:file=PATH, valid + test metrics, seed, dataset identity
+    RUN/ranks.parquet       test ranks (user, target, rank, tied); RUN/ranks-valid.parquet likewise
+
+Training pairs are 1 positive : 1 negative per training user (the negative drawn, per epoch and seeded, from
+that user's list of never-interacted items); the loss is on the answer tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from pydantic import ConfigDict, Field
+
+from ..config import Config
+from ..data.dataset import DatasetDir
+from ..data.split import leave_one_out
+from ..errors import InputError, require
+from ..evaluate.candidates import read_candidates
+from ..evaluate.evaluator import RankingResult, evaluate_ranking
+from ..fileio import atomic_dir, atomic_write_json, atomic_write_text
+from .candidates import read_candidate_set
+from .prompts import PromptTexts, load_prompt_texts
+from .scoring import YesNoScorer, collate_sft, encode_sft
+
+__all__ = ["LLMRecConfig", "Prompter", "evaluate_llmrec", "load_lm", "resolve_model", "train_llmrec"]
+
+CONFIG, ADAPTER, LOG, METRICS, RANKS = "config.yaml", "adapter", "log.jsonl", "metrics.json", "ranks.parquet"
+
+
+class LLMRecConfig(Config):
+    """An LLM-recommender run (``mmseqrec llmrec train``).
+
+    Attributes
+    ----------
+    method : {"mllm-msr", "mmsrarec"}
+    data, candidates : str
+        Prepared dataset directory and candidate file (``mmseqrec llmrec candidates``).
+    model : str
+        A local transformers directory, or ``smollm2`` (the offline SmolLM2-135M-Instruct).
+    lora_r, lora_alpha, lora_dropout : LoRA on every linear layer of the language model.
+    lr, epochs, batch_size, max_length : SFT (AdamW; prompts cut from the left to ``max_length`` tokens).
+    max_train_users : int or None
+        Subsample of training users (seeded); ``None`` = all.
+    ks : cut-offs of HR/NDCG/MRR.
+    retriever : str or None
+        ``mmsrarec``: a trained sequential run (SASRec) whose user states find the similar training users.
+    similar_users : int
+        ``mmsrarec``: |S_u| (3).
+    multitask : bool
+        ``mmsrarec``: add the two auxiliary instruction types to the SFT data.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    method: Literal["mllm-msr", "mmsrarec"] = "mllm-msr"
+    data: str
+    candidates: str
+    model: str
+    seed: int = 0
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lr: float = Field(2e-4, gt=0)
+    epochs: int = Field(1, ge=0)
+    batch_size: int = Field(4, ge=1)
+    max_length: int = Field(1024, ge=16)
+    max_train_users: int | None = Field(None, ge=1)
+    device: str = "cpu"
+    ks: list[int] = Field(default_factory=lambda: [5, 10])
+    retriever: str | None = None
+    similar_users: int = Field(3, ge=1)
+    multitask: bool = True
+
+
+def resolve_model(arg: str) -> Path:
+    """``smollm2`` -> the offline SmolLM2-135M-Instruct directory; a path -> that directory."""
+    if arg.lower() in ("smollm2", "smollm2-135m-instruct"):
+        from ..enrich.backends import offline
+
+        if hasattr(offline, "smollm2_dir"):
+            return Path(offline.smollm2_dir())
+        cached = offline.cache_root() / "models" / offline.SMOLLM2_DIRNAME
+        if not (cached / "config.json").exists():
+            raise InputError("SmolLM2 has not been converted yet; run `mmseqrec enrich DATA --backend offline` "
+                             "once", field="--model")
+        return cached
+    path = Path(arg)
+    if not (path / "config.json").exists():
+        raise InputError("not a local transformers model directory (no config.json; there is no model hub "
+                         "here: use a saved directory or 'smollm2')", file=path, field="--model")
+    return path
+
+
+def load_lm(path: str | Path, device: str = "cpu"):
+    """``(model, tokenizer)`` of a causal LM directory (float32), refusing a tokenizer without chat template."""
+    tr = require("transformers", "mllm", "the LLM recommender")
+    tok = tr.AutoTokenizer.from_pretrained(path)
+    if not getattr(tok, "chat_template", None):
+        raise InputError("the model has no chat template; the yes/no prompt needs an instruction-tuned (chat) "
+                         "model", file=path, field="--model")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = tr.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    return model, tok
+
+
+class Prompter:
+    """``prompt(row, item)`` for the rows of a candidate set, per method; ``aux(row)`` the auxiliary SFT pairs."""
+
+    def __init__(self, cfg: LLMRecConfig, ds: DatasetDir, cs) -> None:
+        self.cs = cs
+        self.row_of = np.full(ds.n_users + 1, -1, dtype=np.int64)
+        self.row_of[cs.users] = np.arange(cs.users.size)
+        if cfg.method == "mllm-msr":
+            self.texts: PromptTexts | None = load_prompt_texts(ds, cs.users)  # every user needs a summary
+            self.kw = None
+            self.sources: dict[str, Any] = dict(self.texts.sources)
+            return
+        from ..train.run import load_run
+        from .mmsrarec import KeywordPrompter, load_keywords
+        from .prompts import item_titles
+        from .retrieval import similar_users
+
+        if cfg.retriever is None:
+            raise InputError("mmsrarec needs --retriever RUN (a trained SASRec run on the same dataset)",
+                             field="--retriever")
+        titles = item_titles(ds)
+        keywords, counts = load_keywords(ds, titles)
+        ret = load_run(cfg.retriever, device=cfg.device, data_dir=ds.path)
+        sim = similar_users(ret.model, ds.sequences, cs, k=cfg.similar_users, device=cfg.device)
+        self.texts, self.kw = None, KeywordPrompter(cs, sim, keywords, titles)
+        self.sources = {"template": "mmsrarec/recommend@1", "keywords": "enrich/item-keywords.parquet", **counts,
+                        "retriever": str(cfg.retriever), "similar_users": cfg.similar_users}
+
+    def prompt(self, row: int, item: int) -> str:
+        if self.texts is not None:
+            return self.texts.prompt(int(self.cs.users[row]), int(item))
+        return self.kw.prompt(row, int(item))
+
+    def aux(self, row: int) -> list[tuple[str, str]]:
+        return [] if self.kw is None else self.kw.aux(row)
+
+
+def _score_split(scorer: YesNoScorer, prompter: Prompter, ds: DatasetDir, cand_path: str, split_name: str,
+                 ks: list[int]) -> RankingResult:
+    """Score the file's rows of ``split_name`` (one shared-prefix forward per user) and rank them with the one
+    evaluator, under ``candidates:file=PATH``."""
+    split = leave_one_out(ds.sequences)
+    evalset = getattr(split, split_name)
+    lists = read_candidates(cand_path, evalset.users, evalset.targets, ds.n_users, ds.n_items, split=split_name)
+    users = evalset.users[lists.cases]
+    rows = prompter.row_of[users]
+    scores = np.stack([scorer.score_shared([prompter.prompt(int(r), int(it)) for it in items])
+                       for r, items in zip(rows, lists.items, strict=True)])
+    expected = torch.from_numpy(lists.items)
+    table = torch.from_numpy(scores.astype(np.float32))
+    ptr = [0]
+
+    def score_fn(hist: torch.Tensor, cand: torch.Tensor | None) -> torch.Tensor:
+        b = cand.shape[0]
+        if not torch.equal(cand.cpu(), expected[ptr[0]: ptr[0] + b]):  # the evaluator's order is the file's
+            raise RuntimeError("candidate lists reached the scorer in an unexpected order")
+        out = table[ptr[0]: ptr[0] + b]
+        ptr[0] += b
+        return out
+
+    return evaluate_ranking(score_fn, evalset, ds.sequences, f"candidates:file={cand_path}", ks=tuple(ks),
+                            progress=False)
+
+
+def _sft_examples(tok, prompter: Prompter, rows: np.ndarray, rng: np.random.Generator, max_length: int,
+                  multitask: bool = False) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """1 positive + 1 negative yes/no example per training row (+ the auxiliary pairs); returns the examples and
+    the number of yes/no pairs."""
+    cs = prompter.cs
+    out = []
+    for i in rows:
+        negs = cs.candidates[i][cs.candidates[i] != cs.targets[i]]
+        out.append(encode_sft(tok, prompter.prompt(int(i), int(cs.targets[i])), True, max_length))
+        out.append(encode_sft(tok, prompter.prompt(int(i), int(rng.choice(negs))), False, max_length))
+        if multitask:
+            out += [encode_sft(tok, p, a, max_length) for p, a in prompter.aux(int(i))]
+    return out, int(rows.size)
+
+
+def _write_results(run: Path, cfg: LLMRecConfig, results: dict[str, RankingResult], ds: DatasetDir,
+                   extra: dict[str, Any]) -> dict[str, Any]:
+    first = results["test"]
+    record: dict[str, Any] = {**first.setting(), "ks": list(first.ks), "seed": cfg.seed, "method": cfg.method,
+                              "data": {"path": str(ds.path), **ds.identity}, **extra}
+    for name, res in results.items():
+        res.save_ranks(run / (RANKS if name == "test" else f"ranks-{name}.parquet"))
+        record[name] = {k: (int(v) if k == "n_cases" else float(v)) for k, v in res.metrics.items()}
+    atomic_write_json(run / METRICS, record)
+    return record
+
+
+def train_llmrec(cfg: LLMRecConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
+                 ) -> dict[str, Any]:
+    """LoRA SFT of ``cfg.model`` on the training users' yes/no pairs, then score valid and test; returns the
+    metrics record (also ``RUN/metrics.json``)."""
+    peft = require("peft", "llm", "LoRA fine-tuning of the LLM recommender")
+    run = Path(out)
+    if run.exists() and any(run.iterdir()) and not overwrite:
+        raise InputError("run directory exists and is not empty; pass --overwrite to replace it", file=run)
+    ds = DatasetDir(cfg.data)
+    cs = read_candidate_set(cfg.candidates, ds.n_items)
+    prompter = Prompter(cfg, ds, cs)  # inputs checked before anything is written
+    model_dir = resolve_model(cfg.model)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model, tok = load_lm(model_dir, cfg.device)
+    lora = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                           target_modules="all-linear", task_type="CAUSAL_LM")
+    model = peft.get_peft_model(model, lora)
+    train_rows = cs.rows("train")
+    if cfg.max_train_users is not None and train_rows.size > cfg.max_train_users:
+        train_rows = np.sort(rng.choice(train_rows, cfg.max_train_users, replace=False))
+    run.mkdir(parents=True, exist_ok=True)
+    from ..fileio import sha256_file
+
+    resolved = {**cfg.model_dump(), "model_dir": str(model_dir), "candidates_sha256": sha256_file(cfg.candidates),
+                "prompt_sources": prompter.sources, "n_train_users": int(train_rows.size)}
+    atomic_write_text(run / CONFIG, yaml.safe_dump(resolved, sort_keys=False))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    log_lines = []
+    t0 = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        ex, n_pairs = _sft_examples(tok, prompter, train_rows, rng, cfg.max_length,
+                                    cfg.multitask and cfg.method == "mmsrarec")
+        order = rng.permutation(len(ex))
+        losses = []
+        for b0 in range(0, len(order), cfg.batch_size):
+            batch = collate_sft([ex[j] for j in order[b0:b0 + cfg.batch_size]], tok.pad_token_id)
+            loss = model(**{k: v.to(cfg.device) for k, v in batch.items()}).loss
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+        log_lines.append({"epoch": epoch + 1, "sft_loss": float(np.mean(losses)) if losses else None,
+                          "n_pairs": n_pairs, "n_examples": len(ex), "seconds": time.perf_counter() - t0})
+    train_seconds = time.perf_counter() - t0
+    atomic_write_text(run / LOG, "".join(json.dumps(r) + "\n" for r in log_lines))
+    with atomic_dir(run / ADAPTER, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    model.eval()
+    return _evaluate(run, cfg, model, tok, ds, prompter, {"train_seconds": train_seconds})
+
+
+def _evaluate(run: Path, cfg: LLMRecConfig, model, tok, ds: DatasetDir, prompter: Prompter,
+              extra: dict[str, Any]) -> dict[str, Any]:
+    scorer = YesNoScorer(model, tok, cfg.device)
+    t0 = time.perf_counter()
+    results = {s: _score_split(scorer, prompter, ds, cfg.candidates, s, cfg.ks) for s in ("valid", "test")}
+    n_users = sum(r.users.size for r in results.values())
+    extra = {**extra, "inference": {"forwards_per_user": scorer.forwards / max(n_users, 1),
+                                    "seconds_per_user": (time.perf_counter() - t0) / max(n_users, 1),
+                                    "device": cfg.device}}
+    return _write_results(run, cfg, results, ds, extra)
+
+
+def evaluate_llmrec(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
+    """Re-score a trained LLM-recommender run (base model + its adapter) and rewrite its metrics and ranks."""
+    peft = require("peft", "llm", "the LLM recommender")
+    run = Path(run_dir)
+    if not (run / CONFIG).exists() or not (run / ADAPTER).is_dir():
+        raise InputError("not an LLM-recommender run (needs config.yaml and adapter/); run `mmseqrec llmrec "
+                         "train` first", file=run)
+    raw = yaml.safe_load((run / CONFIG).read_text())
+    sha = raw.pop("candidates_sha256", None)
+    model_dir = raw.pop("model_dir", None)
+    for k in ("prompt_sources", "n_train_users"):
+        raw.pop(k, None)
+    cfg = LLMRecConfig.model_validate({**raw, **({"device": device} if device else {})})
+    from ..fileio import sha256_file
+
+    if sha is not None and sha256_file(cfg.candidates) != sha:
+        raise InputError("the candidate file changed since the run was trained", file=cfg.candidates)
+    ds = DatasetDir(cfg.data)
+    cs = read_candidate_set(cfg.candidates, ds.n_items)
+    prompter = Prompter(cfg, ds, cs)
+    base, tok = load_lm(model_dir or resolve_model(cfg.model), cfg.device)
+    model = peft.PeftModel.from_pretrained(base, run / ADAPTER).eval()
+    old = json.loads((run / METRICS).read_text()) if (run / METRICS).exists() else {}
+    return _evaluate(run, cfg, model, tok, ds, prompter, {"train_seconds": old.get("train_seconds")})

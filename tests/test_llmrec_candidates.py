@@ -1,0 +1,126 @@
+"""``mmseqrec llmrec candidates``: MLLM-MSR lists (8:1:1 users, 1 + N never-interacted), scored by a sequential
+run through ``mmseqrec evaluate --protocol candidates:file=FILE``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from helpers import run_cli, write_cycle_dataset
+
+from mmseqrec.data.dataset import DatasetDir, SequenceData
+from mmseqrec.data.split import leave_one_out
+from mmseqrec.errors import InputError
+from mmseqrec.evaluate import evaluate_ranking
+from mmseqrec.llmrec.candidates import build_candidate_set, read_candidate_set, write_candidate_set
+
+
+def _random_seqs(n_users=60, n_items=80, seed=3):
+    rng = np.random.default_rng(seed)
+    seqs = [rng.choice(np.arange(1, n_items + 1), size=int(rng.integers(3, 15)), replace=False).tolist()
+            for _ in range(n_users)]
+    return SequenceData.from_lists(seqs, n_items=n_items)
+
+
+def test_lists_never_hold_an_interacted_item_and_split_is_8_1_1():
+    seqs = _random_seqs()
+    cs = build_candidate_set(seqs, history=5, negatives=20, seed=7)
+    eligible = int((seqs.lengths[1:] >= 7).sum())
+    assert cs.users.size == eligible and cs.n_skipped == seqs.n_users - eligible
+    c = cs.counts()
+    assert c["train"] == int(np.floor(0.8 * eligible)) and c["valid"] == int(np.floor(0.1 * eligible))
+    assert sum(c.values()) == eligible
+    assert cs.candidates.shape == (eligible, 21)
+    for i, u in enumerate(cs.users):
+        seq = seqs.sequence(int(u))
+        row = cs.candidates[i]
+        assert (row == cs.targets[i]).sum() == 1
+        negs = row[row != cs.targets[i]]
+        assert not np.isin(negs, seq).any()  # no item of the user's whole sequence
+        assert len(set(row.tolist())) == 21
+        pos = seq.size - (2 if cs.split[i] == "valid" else 1)  # leave-one-out positions
+        assert cs.targets[i] == seq[pos]
+        assert cs.history[i].tolist() == seq[pos - 5:pos].tolist()
+    # seeded: same seed same lists, another seed other lists
+    again = build_candidate_set(seqs, history=5, negatives=20, seed=7)
+    assert np.array_equal(again.candidates, cs.candidates) and np.array_equal(again.split, cs.split)
+    assert not np.array_equal(build_candidate_set(seqs, history=5, negatives=20, seed=8).candidates, cs.candidates)
+    sub = build_candidate_set(seqs, history=5, negatives=20, seed=7, max_users=10)
+    assert sub.users.size == 10 and set(sub.users.tolist()) <= set(cs.users.tolist())
+    assert sub.n_skipped == seqs.n_users - 10 and sum(sub.counts().values()) == 10
+
+
+def test_bad_options_are_clear():
+    seqs = _random_seqs()
+    with pytest.raises(InputError, match="--history"):
+        build_candidate_set(seqs, history=0)
+    with pytest.raises(InputError, match="--history"):
+        build_candidate_set(seqs, history=30)
+    with pytest.raises(InputError, match="--negatives"):
+        build_candidate_set(seqs, history=3, negatives=75)  # fewer than 75 never-interacted items
+
+
+def test_file_round_trip_and_split_rows_define_the_cases(tmp_path):
+    seqs = _random_seqs()
+    cs = build_candidate_set(seqs, history=3, negatives=10, seed=1)
+    path = tmp_path / "lists.parquet"
+    write_candidate_set(path, cs, seqs.n_items)
+    back = read_candidate_set(path, seqs.n_items)
+    assert np.array_equal(back.candidates, cs.candidates) and np.array_equal(back.history, cs.history)
+    assert back.split.tolist() == cs.split.tolist()
+    split = leave_one_out(seqs)
+    for name in ("valid", "test"):
+        # a scorer that prefers small ids: rank of the target = number of smaller ids in its list
+        r = evaluate_ranking(lambda h, c: -c.float(), getattr(split, name), seqs, f"candidates:file={path}",
+                             ks=(5,), progress=False)
+        rows = cs.rows(name)
+        assert sorted(zip(r.users.tolist(), r.targets.tolist(), strict=True)) == sorted(
+            zip(cs.users[rows].tolist(), cs.targets[rows].tolist(), strict=True))
+        expect = {(int(cs.users[i]), int(cs.targets[i])): int((cs.candidates[i] < cs.targets[i]).sum())
+                  for i in rows}
+        assert {(int(u), int(t)): int(k) for u, t, k in zip(r.users, r.targets, r.ranks, strict=True)} == expect
+        assert r.candidates_file["n_negatives"] == 10
+
+
+def test_sasrec_run_scored_on_the_file_through_the_cli(tmp_path):
+    data = write_cycle_dataset(tmp_path / "data", n_users=40, n_items=30, seq_len=9)
+    lists = tmp_path / "lists.parquet"
+    assert 0 == run_cli(["llmrec", "candidates", str(data), "--out", str(lists), "--seed", "3"])
+    assert 2 == run_cli(["llmrec", "candidates", str(data), "--out", str(lists)])  # exists: refused
+    run = tmp_path / "run"
+    assert 0 == run_cli(["train", "--data", str(data), "--model", "sasrec", "--out", str(run), "--epochs", "2",
+                         "--device", "cpu", "--set", "model.n_layers=1"])
+    assert 0 == run_cli(["evaluate", str(run), "--protocol", f"candidates:file={lists}", "--split", "both"])
+    rec = json.loads(next(run.glob("eval-candidates-file-*.json")).read_text())
+    cs = read_candidate_set(lists)
+    assert rec["test"]["n_cases"] == cs.counts()["test"] and rec["valid"]["n_cases"] == cs.counts()["valid"]
+    ranks = pl.read_parquet(run / "ranks-candidates-file-lists.parquet")
+    test_rows = cs.rows("test")
+    assert sorted(ranks["user"].to_list()) == sorted(cs.users[test_rows].tolist())
+    assert ranks["rank"].max() <= 20
+    ds = DatasetDir(data)
+    assert rec["data"]["sha256"] == ds.identity["sha256"]
+
+
+def test_a_row_that_is_not_a_case_of_its_split_is_named(tmp_path):
+    seqs = _random_seqs()
+    cs = build_candidate_set(seqs, history=3, negatives=5, seed=2)
+    path = tmp_path / "lists.parquet"
+    write_candidate_set(path, cs, seqs.n_items)
+    df = pl.read_parquet(path)
+    row = int(cs.rows("test")[0])  # a test row (target = last item) relabelled valid: not a validation case
+    df = df.with_columns(pl.when(pl.int_range(pl.len()) == row).then(pl.lit("valid")).otherwise(pl.col("split"))
+                         .alias("split"))
+    df.write_parquet(path)
+    with pytest.raises(InputError, match="is not a valid case") as e:
+        evaluate_ranking(lambda h, c: -c.float(), leave_one_out(seqs).valid, seqs, f"candidates:file={path}",
+                         progress=False)
+    assert f"line {row + 1}" in str(e.value)
+    with pytest.raises(InputError, match="must name"):
+        from mmseqrec.data.split import EvalSet
+
+        t = leave_one_out(seqs).test
+        evaluate_ranking(lambda h, c: -c.float(), EvalSet(t.users, t.targets, t.hist_end), seqs,
+                         f"candidates:file={path}", progress=False)
