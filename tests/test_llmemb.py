@@ -62,7 +62,8 @@ def test_alignment_equals_reference_computation_through_the_sequence_model():
     # repeated items (3 twice in a row, 5 in both users) and a first window item (1) that is never a target
     seq = torch.tensor([[0, 0, 1, 3, 3, 5, 7], [2, 4, 5, 6, 8, 9, 11]])
     _, parts = model.loss(Batch(seq, torch.tensor([1, 2])))
-    ref = _ref_align(seq[:, 1:], llm, srs, enc.adapter.fc1, enc.adapter.fc2, 2.0, 0.01)
+    pos = seq[:, 1:].masked_fill(seq[:, :-1] == 0, 0)  # the reference's pos: set only where the input is
+    ref = _ref_align(pos, llm, srs, enc.adapter.fc1, enc.adapter.fc2, 2.0, 0.01)
     assert abs(parts["align"].item() - ref.item()) <= 1e-5
     # the window's unique items (the previous behaviour) give another value
     uniq = torch.unique(seq[seq > 0])

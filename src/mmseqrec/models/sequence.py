@@ -155,7 +155,10 @@ class SequenceModel(nn.Module):
                                  self.objective, generator=generator, log_q=self.sampling_log_q)
             last = h[: seq.shape[0], -1]
         else:
-            inputs, targets = seq[:, :-1], seq[:, 1:]
+            inputs = seq[:, :-1]
+            # a target is predicted only from a real input item: the first item of a left-padded window (input
+            # padding) is never a target, as in SASRec's sampler (``pos`` is set only where ``seq`` is)
+            targets = seq[:, 1:].masked_fill(inputs == 0, 0)
             h = self.hidden(inputs, table)
             if self.objective.positions == "last":
                 rec = next_item_loss(h[:, -1], targets[:, -1], items, self.objective, generator=generator,

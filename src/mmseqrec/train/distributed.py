@@ -116,12 +116,13 @@ def shard(ctx: DistContext, rows: np.ndarray, batch):
 
 def loss_targets(batch, causal: bool, last: bool) -> torch.Tensor:
     """Targets the objective averages over in ``batch`` (a device tensor; no host synchronisation): causal
-    models ``seq[:, 1:] != 0`` (``seq[:, -1] != 0`` with ``positions: last``); bidirectional ones the real
-    items (cloze masks a random share of them, so the weighting is exact only in expectation)."""
+    models every position whose input is a real item (``seq[:, :-1] != 0``: the first item of a left-padded
+    window is never a target; ``seq[:, -2] != 0`` with ``positions: last``); bidirectional ones the real items
+    (cloze masks a random share of them, so the weighting is exact only in expectation)."""
     seq = batch.seq
     if not causal:
         return (seq != 0).sum()
-    return (seq[:, -1] != 0).sum() if last else (seq[:, 1:] != 0).sum()
+    return (seq[:, -2] != 0).sum() if last else (seq[:, :-1] != 0).sum()
 
 
 class LossModule(nn.Module):
