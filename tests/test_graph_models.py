@@ -266,3 +266,41 @@ def test_general_resume_continues_like_an_uninterrupted_run(cluster_dir, tmp_pat
                                               ["train.epochs=4", "model.embeddings=[feat]", *sets]),
                              tmp_path / "b", resume=True).fit()
     assert resumed["test"] == full["test"] and resumed["epochs_run"] == 4
+
+
+def test_general_run_is_served_through_the_one_recommend_seam(cluster_dir, tmp_path):
+    """``mmseqrec serve`` answers a general (BPR) run like a sequential one: same call, same cold-start and k
+    rules, same HTTP contract (POST /recommend, 400 on an empty history, labelled popularity)."""
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    from fastapi.testclient import TestClient
+
+    from mmseqrec.cli import app
+    from mmseqrec.errors import InputError
+    from mmseqrec.serve.app import create_app
+    from mmseqrec.serve.general import GeneralRecommender
+    from mmseqrec.serve.index import attach_index
+
+    run = tmp_path / "bpr"
+    r = CliRunner().invoke(app, ["train", "--data", str(cluster_dir), "--model", "bpr", "--split", "random:8:1:1",
+                                 "--out", str(run), "--set", "train.epochs=2", "--set", "train.progress=false",
+                                 "--set", "train.device=cpu"])
+    assert r.exit_code == 0, r.output
+    rec = GeneralRecommender(run)
+    assert attach_index(rec, "auto") == {"kind": "exact"}
+    with pytest.raises(InputError, match="no history given"):
+        rec([], k=5)
+    with pytest.raises(InputError, match="k must be at least 1"):
+        rec(["i1"], k=0)
+    pop = rec([], k=3, cold="popularity")
+    counts = np.bincount(rec.run.split.train.items, minlength=rec.run.dataset.n_items + 1)
+    assert pop.source == "popularity" and [s for _, _, s in pop.items] == sorted(counts[1:].tolist())[::-1][:3]
+    client = TestClient(create_app({"bpr": rec}, api_key=""), raise_server_exceptions=False)
+    got = client.post("/recommend", json={"history": ["i1", "i2", "nope"], "k": 4})
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert [c["item_id"] for c in body["items"]] == [i for i, _, _ in rec(["i1", "i2"], k=4).items]
+    assert body["unknown"] == ["nope"]
+    assert client.post("/recommend", json={"history": [], "k": 4}).status_code == 400
+    cold = client.post("/recommend", json={"history": [], "k": 2, "cold": "popularity"}).json()
+    assert cold["source"] == "popularity" and len(cold["items"]) == 2
+    assert client.get("/runs").json()["runs"]["bpr"]["model"] == "bpr"

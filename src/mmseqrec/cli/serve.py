@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         from ..errors import InputError, require
         from ..serve.app import create_app
         from ..serve.index import attach_index
+        from ..serve.general import GeneralRecommender, is_general_run
         from ..serve.recommend import Recommender
 
         uvicorn = require("uvicorn", "serve", "mmseqrec serve")
@@ -53,7 +54,8 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"two runs named {name!r}; name them NAME=DIR", field="RUNS")
             same = next((r for r in recs.values() if r.run.path == Path(path)), None)
             # the same run under two names (e.g. exact and faiss) shares the loaded model and catalogue
-            recs[name] = copy.copy(same) if same is not None else Recommender(path, device=device, data_dir=data)
+            kind = GeneralRecommender if is_general_run(path) else Recommender  # one call signature
+            recs[name] = copy.copy(same) if same is not None else kind(path, device=device, data_dir=data)
             info = attach_index(recs[name], kinds[j if len(kinds) > 1 else 0], faiss_threshold)
             typer.echo(f"run {name}: {path} ({recs[name].run.config.model.name}), search: {info}")
         api = create_app(recs)

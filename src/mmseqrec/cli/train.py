@@ -162,7 +162,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"k must be at least 1, got {k}", field="-k")
         items = [h.strip() for h in (history or "").split(",") if h.strip()]
         if is_general_run(run):
-            res = GeneralRecommender(run, data_dir=data, force=force)(items, user=user, k=k, exclude_seen=not include_seen)
+            res = GeneralRecommender(run, data_dir=data, force=force)(items, k=k, exclude_seen=not include_seen,
+                                                                       cold=cold, user=user)
         elif user is not None:
             raise InputError("--user needs a general model run (bpr, lightgcn, vbpr, freedom, mllmrec)",
                              field="--user")

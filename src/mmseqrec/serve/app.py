@@ -2,8 +2,9 @@
 
 Endpoints (OpenAPI docs at ``/docs``): ``POST /recommend``, ``GET /items``, ``GET /items/{id}``,
 ``GET /items/{id}/image``, ``GET /users``, ``GET /users/{id}``, ``GET /runs``, ``GET /health``, and the web page at
-``/``. Every recommendation goes through :class:`~mmseqrec.serve.recommend.Recommender` (the same seam as
-``mmseqrec recommend``), so any run type that the recommender loads is served.
+``/``. Every recommendation goes through :class:`~mmseqrec.serve.recommend.Recommender` or, for general
+(user-item) runs, :class:`~mmseqrec.serve.general.GeneralRecommender`, which take the same call (the same seam as
+``mmseqrec recommend``), so sequential, closed-form and general runs are served alike.
 
 Bad input is a 4xx with a one-line ``detail`` (422: malformed body; 400: a valid body the run cannot answer, e.g.
 an empty history without ``cold: "popularity"``; 404: unknown item/user/run; 413: body over the size limit;

@@ -4,16 +4,21 @@
 * ``items`` (a set, order ignored): fold-in, the user vector is the mean of the items' final vectors (every
   general model scores with a dot product against the same item table), and the given items are excluded.
 
-Unknown ids are reported back, never an error.
+Unknown ids are reported back. The call takes the same arguments as :class:`~.recommend.Recommender`
+(``history, k, exclude_seen, cold``) plus ``user``, so ``mmseqrec recommend`` and ``mmseqrec serve`` answer
+general runs through the same seam: ``k >= 1``; no user and no known item is an error, or with
+``cold="popularity"`` the most popular training items labelled ``source="popularity"``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .recommend import RecommendResult, item_tables
+from ..errors import InputError
+from .recommend import COLD_POLICIES, RecommendResult, item_tables
 
 __all__ = ["GeneralRecommender", "is_general_run"]
 
@@ -47,12 +52,27 @@ class GeneralRecommender:
                            dict(zip(users["user_id"].cast(str).to_list(), users["user"].to_list(), strict=True)))
         with torch.no_grad():
             self.U, self.I = (t.float().cpu() for t in self.run.model.embeddings())
+        self._popularity: torch.Tensor | None = None
+        self.search = None  # general runs are scored exactly (mmseqrec.serve.index keeps them exact)
 
-    def __call__(self, items: list[str] | None = None, user: str | None = None, k: int = 10,
-                 exclude_seen: bool = True) -> RecommendResult:
-        items = list(items or [])
+    def popularity(self) -> torch.Tensor:
+        """Training interactions per item id of the run's split (index 0 = padding)."""
+        if self._popularity is None:
+            counts = np.bincount(self.run.split.train.items, minlength=self.run.dataset.n_items + 1)
+            self._popularity = torch.from_numpy(counts.astype(np.float64))
+        return self._popularity
+
+    def __call__(self, history: list[str] | None = None, k: int = 10, exclude_seen: bool = True,
+                 cold: str = "error", user: str | None = None) -> RecommendResult:
+        if int(k) < 1:
+            raise InputError(f"k must be at least 1, got {k}", field="-k")
+        if cold not in COLD_POLICIES:
+            raise InputError(f"unknown cold-start policy {cold!r}; choose one of {', '.join(COLD_POLICIES)}",
+                             field="--cold")
+        items = list(history or [])
         known = [self.index[h] for h in items if h in self.index]
         unknown = [h for h in items if h not in self.index]
+        source = "model"
         if user is not None:
             if user not in self.user_index:
                 return RecommendResult(items=[], unknown=[f"user:{user}"] + unknown, history=items)
@@ -61,14 +81,20 @@ class GeneralRecommender:
             scores = self.I @ self.U[u]
         elif known:
             scores = self.I @ self.I[torch.tensor(known)].mean(0)
+        elif cold == "error":
+            what = ("no history given" if not items else
+                    f"none of the {len(items)} history id(s) is in the catalogue ({', '.join(items[:5])}"
+                    f"{', ...' if len(items) > 5 else ''})")
+            raise InputError(f"{what}; pass original item ids with --history, a --user, or --cold popularity for "
+                             "the most popular items", field="--history")
         else:
-            scores = self.I @ self.U[1:].mean(0)  # no query: the average user
+            scores, source = self.popularity(), "popularity"
         scores = scores.clone()
         scores[0] = float("-inf")
         if exclude_seen and known:
             scores[torch.tensor(known, dtype=torch.long)] = float("-inf")
-        k = max(0, min(int(k), int(torch.isfinite(scores).sum())))
+        k = min(int(k), int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)
         out = [(str(self.ids[i]), str(self.titles[i]), float(s))
                for i, s in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
-        return RecommendResult(items=out, unknown=unknown, history=items)
+        return RecommendResult(items=out, unknown=unknown, history=items, source=source)  # type: ignore[arg-type]
