@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .recommend import COLD_POLICIES, RecommendResult, item_tables
+from .recommend import RecommendResult, cold_start_error, item_tables, split_query, top_k
 
 __all__ = ["GeneralRecommender", "is_general_run"]
 
@@ -64,14 +63,8 @@ class GeneralRecommender:
 
     def __call__(self, history: list[str] | None = None, k: int = 10, exclude_seen: bool = True,
                  cold: str = "error", user: str | None = None) -> RecommendResult:
-        if int(k) < 1:
-            raise InputError(f"k must be at least 1, got {k}", field="-k")
-        if cold not in COLD_POLICIES:
-            raise InputError(f"unknown cold-start policy {cold!r}; choose one of {', '.join(COLD_POLICIES)}",
-                             field="--cold")
         items = list(history or [])
-        known = [self.index[h] for h in items if h in self.index]
-        unknown = [h for h in items if h not in self.index]
+        known, unknown = split_query(self.index, items, k, cold)
         source = "model"
         if user is not None:
             if user not in self.user_index:
@@ -82,19 +75,12 @@ class GeneralRecommender:
         elif known:
             scores = self.I @ self.I[torch.tensor(known)].mean(0)
         elif cold == "error":
-            what = ("no history given" if not items else
-                    f"none of the {len(items)} history id(s) is in the catalogue ({', '.join(items[:5])}"
-                    f"{', ...' if len(items) > 5 else ''})")
-            raise InputError(f"{what}; pass original item ids with --history, a --user, or --cold popularity for "
-                             "the most popular items", field="--history")
+            raise cold_start_error(items, "original item ids with --history, a --user")
         else:
             scores, source = self.popularity(), "popularity"
         scores = scores.clone()
         scores[0] = float("-inf")
         if exclude_seen and known:
             scores[torch.tensor(known, dtype=torch.long)] = float("-inf")
-        k = min(int(k), int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
-        out = [(str(self.ids[i]), str(self.titles[i]), float(s))
-               for i, s in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
-        return RecommendResult(items=out, unknown=unknown, history=items, source=source)  # type: ignore[arg-type]
+        return RecommendResult(items=top_k(scores, k, self.ids, self.titles), unknown=unknown, history=items,
+                               source=source)  # type: ignore[arg-type]

@@ -16,7 +16,8 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["COLD_POLICIES", "RecommendResult", "Recommender", "item_tables", "recommend"]
+__all__ = ["COLD_POLICIES", "RecommendResult", "Recommender", "cold_start_error", "item_tables", "recommend",
+           "split_query", "top_k"]
 
 COLD_POLICIES = ("error", "popularity")
 
@@ -33,6 +34,33 @@ class RecommendResult:
     unknown: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
     source: Literal["model", "popularity"] = "model"
+
+
+def split_query(index: dict[str, int], history: list[str], k: int, cold: str) -> tuple[list[int], list[str]]:
+    """Check ``k`` (>= 1) and the cold-start policy; ``(known internal ids, unknown original ids)`` of
+    ``history``. Shared by every recommender of the serve seam."""
+    if int(k) < 1:
+        raise InputError(f"k must be at least 1, got {k}", field="-k")
+    if cold not in COLD_POLICIES:
+        raise InputError(f"unknown cold-start policy {cold!r}; choose one of {', '.join(COLD_POLICIES)}",
+                         field="--cold")
+    return [index[h] for h in history if h in index], [h for h in history if h not in index]
+
+
+def cold_start_error(history: list[str], alternatives: str = "original item ids with --history") -> InputError:
+    """The error for a query with no known item under ``cold="error"``."""
+    what = ("no history given" if not history else
+            f"none of the {len(history)} history id(s) is in the catalogue ({', '.join(history[:5])}"
+            f"{', ...' if len(history) > 5 else ''})")
+    return InputError(f"{what}; pass {alternatives}, or --cold popularity for the most popular items",
+                      field="--history")
+
+
+def top_k(scores: torch.Tensor, k: int, ids: np.ndarray, titles: np.ndarray) -> list[tuple[str, str, float]]:
+    """``(original id, title, score)`` of the ``k`` best finite scores, best first."""
+    top = torch.topk(scores, min(int(k), int(torch.isfinite(scores).sum())))
+    return [(str(ids[i]), str(titles[i]), float(s)) for i, s in zip(top.indices.tolist(), top.values.tolist(),
+                                                                    strict=True)]
 
 
 def item_tables(ds) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
@@ -75,20 +103,10 @@ class Recommender:
 
     def __call__(self, history: list[str], k: int = 10, exclude_seen: bool = True,
                  cold: Literal["error", "popularity"] = "error") -> RecommendResult:
-        if int(k) < 1:
-            raise InputError(f"k must be at least 1, got {k}", field="-k")
-        if cold not in COLD_POLICIES:
-            raise InputError(f"unknown cold-start policy {cold!r}; choose one of {', '.join(COLD_POLICIES)}",
-                             field="--cold")
-        known = [self.index[h] for h in history if h in self.index]
-        unknown = [h for h in history if h not in self.index]
+        known, unknown = split_query(self.index, history, k, cold)
         if not known:
             if cold == "error":
-                what = ("no history given" if not history else
-                        f"none of the {len(history)} history id(s) is in the catalogue ({', '.join(history[:5])}"
-                        f"{', ...' if len(history) > 5 else ''})")
-                raise InputError(f"{what}; pass original item ids with --history, or --cold popularity for the "
-                                 "most popular items", field="--history")
+                raise cold_start_error(history)
             scores = self.popularity().clone()
             scores[0] = float("-inf")
             source: Literal["model", "popularity"] = "popularity"
@@ -102,11 +120,8 @@ class Recommender:
             source = "model"
             if exclude_seen:
                 scores[torch.tensor(known, dtype=torch.long)] = float("-inf")
-        k = min(int(k), int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
-        items = [(str(self.ids[i]), str(self.titles[i]), float(s))
-                 for i, s in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
-        return RecommendResult(items=items, unknown=unknown, history=[str(h) for h in history], source=source)
+        return RecommendResult(items=top_k(scores, k, self.ids, self.titles), unknown=unknown,
+                               history=[str(h) for h in history], source=source)
 
 
 def recommend(run_dir: str | Path, history: list[str], k: int = 10, exclude_seen: bool = True,
