@@ -9,17 +9,17 @@ import polars as pl
 import pytest
 import yaml
 
+from mmseqrec.evaluate.metrics import case_values
 from mmseqrec.experiment import load_grid, run_grid, write_report
-from mmseqrec.experiment.report import per_case_values
 
 torch = pytest.importorskip("torch")
 
 
-def test_per_case_values_hand_computed():
+def test_case_values_hand_computed():
     ranks = np.array([0, 1, 4, 10])
-    assert per_case_values(ranks, "HR@5").tolist() == [1, 1, 1, 0]
-    np.testing.assert_allclose(per_case_values(ranks, "NDCG@5"), [1.0, 1 / np.log2(3), 1 / np.log2(6), 0.0])
-    np.testing.assert_allclose(per_case_values(ranks, "MRR@2"), [1.0, 0.5, 0.0, 0.0])
+    assert case_values("HR@5", ranks).tolist() == [1, 1, 1, 0]
+    np.testing.assert_allclose(case_values("NDCG@5", ranks), [1.0, 1 / np.log2(3), 1 / np.log2(6), 0.0])
+    np.testing.assert_allclose(case_values("MRR@2", ranks), [1.0, 0.5, 0.0, 0.0])
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmseqrec.models import GRU4Rec, GRU4RecConfig, SASRec, SASRecConfig, SequenceModel
@@ -39,7 +38,7 @@ def ref_cross_attention(x: Tensor, y: Tensor, log_seqs: Tensor, wq: Tensor, wk: 
                         bo: Tensor, heads: int) -> Tensor:
     """``Multi_CrossAttention(x, y, log_seqs)``: q from x, k/v from y (bias-free), padding keys filled with
     -1e9 before the softmax of ``QK^T / sqrt(h_size)``, output linear with bias. No causal mask."""
-    b, n, d = x.shape
+    b, _, d = x.shape
     hs = d // heads
     q = (x @ wq.T).view(b, -1, heads, hs).transpose(1, 2)
     k = (y @ wk.T).view(b, -1, heads, hs).transpose(1, 2)

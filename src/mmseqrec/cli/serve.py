@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
         page at / . Set MMSEQREC_API_KEY to require the header X-API-Key on API calls."""
         from ..errors import InputError, require
         from ..serve.app import create_app
-        from ..serve.index import attach_index
         from ..serve.general import GeneralRecommender, is_general_run
+        from ..serve.index import attach_index
         from ..serve.recommend import Recommender
 
         uvicorn = require("uvicorn", "serve", "mmseqrec serve")

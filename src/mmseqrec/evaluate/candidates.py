@@ -141,6 +141,12 @@ def _check_split_values(col: pl.Series, path: str | Path) -> None:
                          field="split")
 
 
+
+def _first_missing(joined: pl.DataFrame, col: str) -> int | None:
+    """Position of the first row of a left join whose ``col`` found no partner (``None`` when all did)."""
+    missing = joined[col].is_null().to_numpy()
+    return _first_bad(missing) - 1 if missing.any() else None
+
 def read_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, n_users: int | None = None,
                     n_items: int | None = None, split: str | None = None) -> CandidateLists:
     """Read, validate and align a candidate file with evaluation cases ``(users[i], targets[i])``.
@@ -212,9 +218,8 @@ def read_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, n_
                           "case": np.arange(np.asarray(users).size, dtype=np.int64)})
     if by_split:  # the file's rows of this split are the cases scored; each must be an evaluation case
         joined = key.join(cases, on=["user", "target"], how="left").sort("row")
-        missing = joined["case"].is_null().to_numpy()
-        if missing.any():
-            j = int(np.argmax(missing))
+        j = _first_missing(joined, "case")
+        if j is not None:
             raise InputError(f"user {int(joined['user'][j])}, target {int(joined['target'][j])} is not a {split} "
                              f"case of this dataset (was the file built from another dataset?)", file=path,
                              line=int(line_no[j]), field="target")
@@ -223,11 +228,10 @@ def read_candidates(path: str | Path, users: np.ndarray, targets: np.ndarray, n_
         return CandidateLists(items=items[order], target_col=tcol_file[order], path=str(path),
                               sha256=sha256_file(path), cases=case_idx[order])
     joined = cases.join(key, on=["user", "target"], how="left").sort("case")
-    missing = joined["row"].is_null().to_numpy()
-    if missing.any():
-        j = int(np.argmax(missing))
+    j = _first_missing(joined, "row")
+    if j is not None:
         raise InputError(f"no candidate list for evaluation case user {int(joined['user'][j])}, target "
-                         f"{int(joined['target'][j])} ({int(missing.sum())} case(s) missing)", file=path,
+                         f"{int(joined['target'][j])} ({joined['row'].null_count()} case(s) missing)", file=path,
                          field="user")
     rows = joined["row"].to_numpy().astype(np.int64)
     return CandidateLists(items=items[rows], target_col=tcol_file[rows], path=str(path),

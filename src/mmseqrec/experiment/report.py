@@ -24,16 +24,9 @@ from ..fileio import atomic_path, atomic_write_text
 from .config import GridConfig
 from .runner import RunRecord, plan_runs, protocol_slug
 
-__all__ = ["collect", "per_case_values", "summarise", "to_markdown", "write_report"]
+__all__ = ["collect", "summarise", "to_markdown", "write_report"]
 
 _ADJ_NAME = {"holm": "Holm", "bh": "BH", "none": "none"}
-
-
-def per_case_values(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """Per-case metric values from 0-based pessimistic ranks (``HR@K``, ``NDCG@K``, ``MRR@K``)."""
-    from ..evaluate.metrics import case_values
-
-    return case_values(metric, np.asarray(ranks))
 
 
 def _records(grid: GridConfig, out: str | Path) -> list[tuple[RunRecord, str, EvalRecord]]:
