@@ -249,3 +249,98 @@ def test_grid_dataset_paths_are_absolute_and_checked(tmp_path, monkeypatch, caps
     grid_path.write_text(yaml.safe_dump({"datasets": {"cycle": "data/cycle"}, "base": {"train": {"lr": "x"}}}))
     with pytest.raises(InputError, match="train.lr"):  # a bad run config fails in the dry run, not hours later
         run_grid(load_grid(grid_path), tmp_path / "out", dry_run=True)
+
+
+def test_preset_variant_merges_base_preset_then_its_own_keys(tmp_path, monkeypatch):
+    """``preset``: a file per backbone, looked up like a dataset path; base < preset < the variant's own keys;
+    the variant runs on the mapped backbones only; a missing file names the paths tried."""
+    from helpers import write_cycle_dataset
+
+    from mmseqrec.errors import InputError
+    from mmseqrec.experiment import plan_runs
+
+    data = write_cycle_dataset(tmp_path / "ds", n_users=10, n_items=8, seq_len=5)
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "p-sasrec.yaml").write_text(yaml.safe_dump({
+        "model": {"name": "sasrec", "dropout": 0.5, "n_heads": 1}, "objective": {"name": "bce"},
+        "train": {"epochs": 200, "lr": 0.001}, "eval": {"protocol": "sampled:100"}}))
+    grid_path = tmp_path / "grid" / "g.yaml"
+    grid_path.parent.mkdir()
+    grid_path.write_text(yaml.safe_dump({
+        "datasets": {"c": str(data)}, "backbones": ["sasrec", "gru4rec"], "seeds": [1, 2],
+        "base": {"model": {"max_len": 10, "dropout": 0.2}, "objective": {"name": "ce"},
+                 "train": {"epochs": 30, "num_threads": 1}},
+        "variants": {"ID": {"item_encoder": {"name": "id"}},
+                     "code": {"preset": {"sasrec": "../presets/p-sasrec.yaml"}, "train": {"epochs": 7}}}}))
+    monkeypatch.chdir(tmp_path / "ds")  # not found from the working directory: next to the YAML
+    grid = load_grid(grid_path)
+    assert grid.variants["code"]["preset"] == {"sasrec": str((tmp_path / "presets" / "p-sasrec.yaml").resolve())}
+    runs = [r for r in plan_runs(grid, tmp_path / "out") if r.variant == "code"]
+    assert [(r.backbone, r.seed) for r in runs] == [("sasrec", 1), ("sasrec", 2)]
+    cfg = runs[0].config
+    assert "preset" not in cfg
+    assert cfg["model"] == {"name": "sasrec", "max_len": 10, "dropout": 0.5, "n_heads": 1}
+    assert cfg["objective"] == {"name": "bce"}
+    assert cfg["train"] == {"epochs": 7, "lr": 0.001, "num_threads": 1}
+    assert cfg["eval"]["protocol"] == "full"  # selection under the table's first protocol, as every row
+    run_grid(grid, tmp_path / "out", dry_run=True)  # the merged configs validate
+
+    grid_path.write_text(grid_path.read_text().replace("p-sasrec.yaml", "nope.yaml"))
+    with pytest.raises(InputError, match=r"field 'variants.code.preset.sasrec': preset file not found \(looked at "):
+        load_grid(grid_path)
+
+
+def test_grid_builds_a_store_from_its_own_run_for_llmemb(tmp_path, capsys):
+    """``stores``: the collaborative store of LLMEmb is the item table of the grid's ID-only SASRec run (seed
+    named), built after that run and before the runs that read it; an existing store of that name from another
+    run is an error, not overwritten."""
+    from helpers import write_cycle_dataset
+
+    from mmseqrec.embed.store import embed_dir, load_embedding, save_embedding
+    from mmseqrec.errors import InputError
+    from mmseqrec.experiment import plan_runs
+    from mmseqrec.train.run import load_run
+
+    torch.set_num_threads(1)
+    data = write_cycle_dataset(tmp_path / "ds", n_users=40, n_items=12, seq_len=8)
+    rng = np.random.default_rng(0)
+    save_embedding(data, "text", rng.normal(size=(13, 16)).astype(np.float32), {"source": "test"})
+    grid = {
+        "datasets": {"c": str(data)}, "backbones": ["sasrec"], "seeds": [1, 2], "metrics": ["HR@5"],
+        "base": {"train": {"epochs": 2, "batch_size": 16, "max_len": 8, "patience": 0, "progress": False,
+                           "select_metric": "HR@5"}, "objective": {"name": "ce"}, "eval": {"ks": [5]}},
+        "variants": {"LLMEmb+collab": {"item_encoder": {"name": "llmemb", "dim": 8, "embedding": "text",
+                                                         "collab": "collab-sasrec"}},
+                     "ID-only": {"item_encoder": {"name": "id", "dim": 8}}},
+        "baseline": "ID-only",
+        "stores": {"collab-sasrec": {"variant": "ID-only", "backbone": "sasrec", "seed": 2}},
+    }
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    g = load_grid(path)
+    out = tmp_path / "out"
+    planned = plan_runs(g, out)
+    assert (planned[0].variant, planned[0].seed) == ("ID-only", 2)  # the store's source run first
+    run_grid(g, out, dry_run=True)  # the store does not exist yet: the dry run still passes
+    assert "store collab-sasrec in " in capsys.readouterr().err
+    run_grid(g, out, progress=False)
+    src = out / "runs" / "c" / "ID-only" / "sasrec" / "seed2"
+    meta = json.loads((embed_dir(data) / "collab-sasrec.json").read_text())
+    assert meta["run"]["path"] == str(src.resolve())
+    table = load_run(src, device="cpu").model.item_matrix().detach().numpy()
+    store = load_embedding(data, "collab-sasrec")
+    np.testing.assert_allclose(store.matrix[1:], table[1:], atol=2e-3)  # float16 store
+    llm = load_run(out / "runs" / "c" / "LLMEmb+collab" / "sasrec" / "seed1", device="cpu")
+    assert llm.config.item_encoder.collab == "collab-sasrec"
+    np.testing.assert_allclose(llm.model.item_encoder.collab.numpy()[1:], store.matrix[1:], atol=1e-6)
+    run_grid(g, out, progress=False)  # resumed: the store is the one of that run, kept
+
+    stamp = (embed_dir(data) / "collab-sasrec.safetensors").stat().st_mtime_ns
+    with pytest.raises(InputError, match="store 'collab-sasrec' exists and was not built from "):
+        run_grid(g, tmp_path / "other", progress=False)  # same store name, another grid output
+    assert (embed_dir(data) / "collab-sasrec.safetensors").stat().st_mtime_ns == stamp
+
+    grid["stores"]["collab-sasrec"]["seed"] = 9
+    path.write_text(yaml.safe_dump(grid))
+    with pytest.raises(InputError, match=r"stores.collab-sasrec: seed 9 is not one of the seeds"):
+        load_grid(path)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InputError
 
-__all__ = ["Config", "deep_merge", "apply_overrides", "load_config", "dump_config", "validate_config"]
+__all__ = ["Config", "apply_overrides", "deep_merge", "dump_config", "load_config", "read_yaml", "validate_config"]
 
 C = TypeVar("C", bound="Config")
 
@@ -64,6 +64,19 @@ def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config
         raise InputError(errs, file=source) from None
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping at the top of a YAML file (``{}`` when empty); bad YAML or another top level is an
+    :class:`InputError` naming the file (and line)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise InputError(f"invalid YAML: {exc}", file=path, line=None if line is None else line + 1) from None
+    if not isinstance(loaded, dict):
+        raise InputError("top level must be a mapping", file=path)
+    return loaded
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> C:
     """Read YAML (optional), merge onto ``base``, apply overrides, validate into ``cls``."""
@@ -71,14 +84,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     source = "config"
     if path is not None:
         source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            raise InputError(f"invalid YAML: {exc}", file=path, line=None if line is None else line + 1) from None
-        if not isinstance(loaded, dict):
-            raise InputError("top level must be a mapping", file=path)
-        data = deep_merge(data, loaded)
+        data = deep_merge(data, read_yaml(path))
     apply_overrides(data, overrides)
     return validate_config(cls, data, source=source)
 

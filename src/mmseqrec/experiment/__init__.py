@@ -4,4 +4,4 @@ from .config import GridConfig, load_grid
 from .report import summarise, write_report
 from .runner import plan_runs, run_grid
 
-__all__ = ["GridConfig", "load_grid", "run_grid", "plan_runs", "summarise", "write_report"]
+__all__ = ["GridConfig", "load_grid", "plan_runs", "run_grid", "summarise", "write_report"]

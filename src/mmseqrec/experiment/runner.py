@@ -12,12 +12,12 @@ from typing import Any
 
 from rich.console import Console
 
-from ..config import deep_merge
+from ..config import deep_merge, read_yaml
 from ..evaluate.protocol import protocol_slug
 from ..registry import model_spec
 from .config import GridConfig, check_datasets
 
-__all__ = ["RunRecord", "plan_runs", "protocol_slug", "rescore_run", "run_grid"]
+__all__ = ["RunRecord", "build_stores", "plan_runs", "protocol_slug", "rescore_run", "run_grid"]
 
 _console = Console(stderr=True, soft_wrap=True)
 
@@ -37,22 +37,27 @@ class RunRecord:
 
 
 def plan_runs(grid: GridConfig, out: str | Path) -> list[RunRecord]:
-    """Every (dataset, variant, backbone, seed) run with its merged config, in execution order.
+    """Every (dataset, variant, backbone, seed) run with its merged config, in execution order: the runs that
+    ``grid.stores`` are built from first, then the grid's order.
 
     Closed-form baselines (``pop``, ``itemknn``) take ``base`` without its ``model`` section (dropout, layers ...
-    are backbone options); their own options come from ``backbone_overrides`` or the variant."""
+    are backbone options); their own options come from ``backbone_overrides`` or the variant. A variant with a
+    ``preset`` merges ``base``, ``backbone_overrides``, the preset file, then its own keys."""
     out = Path(out)
     runs = []
     for ds_name, ds_path in grid.datasets.items():
         for variant, vcfg in grid.variants.items():
-            backbones = grid.variant_backbones.get(variant, grid.backbones)
-            for bb in backbones:
+            own = {k: v for k, v in vcfg.items() if k != "preset"}
+            for bb in grid.backbones_of(variant):
+                preset = grid.preset_file(variant, bb)
                 for seed in grid.seeds:
                     base = grid.base
                     if model_spec(bb).closed_form:  # pop / itemknn: the shared backbone options do not apply
                         base = {k: v for k, v in base.items() if k != "model"}
                     cfg = deep_merge(base, grid.backbone_overrides.get(bb, {}))
-                    cfg = deep_merge(cfg, vcfg)
+                    if preset is not None:
+                        cfg = deep_merge(cfg, read_yaml(preset))
+                    cfg = deep_merge(cfg, own)
                     model = dict(cfg.get("model") or {})
                     model["name"] = bb
                     cfg["model"] = model
@@ -61,7 +66,43 @@ def plan_runs(grid: GridConfig, out: str | Path) -> list[RunRecord]:
                     cfg["eval"] = {**(cfg.get("eval") or {}), "protocol": grid.protocols[0]}
                     run_dir = out / "runs" / _slug(ds_name) / _slug(variant) / bb / f"seed{seed}"
                     runs.append(RunRecord(ds_name, variant, bb, seed, run_dir, cfg))
-    return runs
+    sources = {(s.variant, s.backbone, s.seed) for s in grid.stores.values()}
+    return sorted(runs, key=lambda r: (r.variant, r.backbone, r.seed) not in sources)  # stable
+
+
+def _store_source(grid: GridConfig, runs: list[RunRecord], dataset: str, name: str) -> RunRecord:
+    spec = grid.stores[name]
+    return next(r for r in runs if (r.dataset, r.variant, r.backbone, r.seed)
+                == (dataset, spec.variant, spec.backbone, spec.seed))
+
+
+def build_stores(grid: GridConfig, runs: list[RunRecord], done: RunRecord) -> None:
+    """Build the stores of ``grid.stores`` whose source run is ``done`` (finished) into its dataset, unless
+    already there from that same run; a store of that name from anything else is an
+    :class:`~mmseqrec.errors.InputError` (never overwritten)."""
+    from ..embed.pipeline import EmbedConfig, run_embed
+    from ..embed.runs import RUN_PREFIX
+    from ..embed.store import embed_dir
+    from ..errors import InputError
+
+    for name in grid.stores:
+        if _store_source(grid, runs, done.dataset, name) is not done:
+            continue
+        path = embed_dir(grid.datasets[done.dataset]) / f"{name}.safetensors"
+        if path.exists():
+            try:
+                built_from = (json.loads(path.with_suffix(".json").read_text()).get("run") or {}).get("path")
+            except (OSError, json.JSONDecodeError):
+                built_from = None
+            if built_from != str(done.run_dir.resolve()):
+                raise InputError(f"store {name!r} exists and was not built from {done.run_dir.resolve()} "
+                                 f"(its run: {built_from}); rename the store in the grid or remove that file",
+                                 file=path, field=f"stores.{name}")
+            continue
+        res = run_embed(grid.datasets[done.dataset],
+                        EmbedConfig(source=f"{RUN_PREFIX}{done.run_dir}", out=name, progress=False))
+        _console.print(f"store {name}: {res.path} ({res.matrix.shape[0]} x {res.matrix.shape[1]}) from "
+                       f"{done.run_dir}", highlight=False)
 
 
 def rescore_run(run_dir: str | Path, protocol: str | None = None, *, exclude_history: bool | None = None,
@@ -112,7 +153,8 @@ def check_runs(grid: GridConfig, runs: list[RunRecord]) -> None:
         enc = cfg.item_encoder
         names = [*getattr(enc, "embeddings", list)(), *getattr(enc, "token_embeddings", list)()]
         d = embed_dir(grid.datasets[r.dataset])
-        missing = [n for n in dict.fromkeys(names) if not (d / f"{n}.safetensors").exists()]
+        missing = [n for n in dict.fromkeys(names) if not (d / f"{n}.safetensors").exists()
+                   and n not in grid.stores]  # the grid builds its own stores
         if missing:
             raise InputError(f"variant {r.variant!r} needs the embedding store(s) {', '.join(missing)} in {d}; "
                              f"create them with `mmseqrec embed {grid.datasets[r.dataset]} ... --out NAME`",
@@ -149,6 +191,9 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, dry_ru
     if dry_run:
         for name, p in grid.datasets.items():
             _console.print(f"dataset {name}: {p} (prepared)", highlight=False)
+            for store in grid.stores:
+                _console.print(f"store {store} in {p}: from {_store_source(grid, runs, name, store).run_dir}",
+                               highlight=False)
     t_all = time.perf_counter()
     for i, r in enumerate(runs, 1):
         tag = f"[{i}/{len(runs)}] {r.dataset} / {r.variant} / {r.backbone} / seed {r.seed}"
@@ -169,6 +214,7 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, dry_ru
             m = train(cfg, r.run_dir, resume=resume, overwrite=not resume)
             _console.print(f"{tag}: {_result_line(m, grid.metrics, grid.report_split, time.perf_counter() - t0)}",
                            highlight=False)
+        build_stores(grid, runs, r)
         for p in grid.protocols[1:]:
             t0 = time.perf_counter()
             res = rescore_run(r.run_dir, p, splits=(grid.report_split,))
