@@ -334,6 +334,8 @@ def test_grid_builds_a_store_from_its_own_run_for_llmemb(tmp_path, capsys):
     assert llm.config.item_encoder.collab == "collab-sasrec"
     np.testing.assert_allclose(llm.model.item_encoder.collab.numpy()[1:], store.matrix[1:], atol=1e-6)
     run_grid(g, out, progress=False)  # resumed: the store is the one of that run, kept
+    md = write_report(load_grid(path, ["seeds=[1,2,3]"]), out)["markdown"].read_text()
+    assert "| sasrec | LLMEmb+collab | " in md and "(2 of 3 seeds)" in md  # a row short of seeds says so
 
     stamp = (embed_dir(data) / "collab-sasrec.safetensors").stat().st_mtime_ns
     with pytest.raises(InputError, match="store 'collab-sasrec' exists and was not built from "):

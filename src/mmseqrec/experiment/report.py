@@ -152,6 +152,11 @@ def _fmt(mean: float, std: float | None) -> str:
     return s
 
 
+def _seeds_note(n: int, planned: int) -> str:
+    """`` (n of N seeds)`` for a row that has fewer finished seeds than the grid plans, else nothing."""
+    return f" ({n} of {planned} seeds)" if n < planned else ""
+
+
 def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
     """Markdown tables, one per (dataset, protocol): mean ± std per metric and, for test reports, a
     ``p (raw / adjusted)`` column per metric."""
@@ -203,7 +208,8 @@ def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
                     for m in grid.metrics:
                         r = sub.filter((pl.col("backbone") == bb) & (pl.col("variant") == var) & (pl.col("metric") == m))
                         row = r.row(0, named=True) if r.height else None
-                        cells.append("—" if row is None else _fmt(row["mean"], row["std"]))
+                        cells.append("—" if row is None else _fmt(row["mean"], row["std"])
+                                     + _seeds_note(row["n_seeds"], len(grid.seeds)))
                         if test:
                             cells.append("—" if row is None or row["p_wilcoxon"] is None else
                                          f"{_fmt_p(row['p_wilcoxon'])} / {_fmt_p(row['p_adj'])}")
