@@ -50,7 +50,7 @@ from .tasks import (
     plan_task,
 )
 
-__all__ = ["EnrichAborted", "EnrichBusy", "EnrichConfig", "EnrichSummary", "output_paths", "run_enrich"]
+__all__ = ["EnrichAborted", "EnrichBusy", "EnrichConfig", "EnrichSummary", "RayOptions", "output_paths", "run_enrich"]
 
 
 class EnrichAborted(MmseqrecError):
@@ -61,10 +61,23 @@ class EnrichBusy(MmseqrecError):
     """Another run of the same task on the same dataset holds the task lock."""
 
 
+class RayOptions(Config):
+    """``engine: ray`` only (:mod:`.ray_engine`)."""
+
+    address: str | None = None  # a Ray cluster (ray://HOST:10001 or auto); None: $RAY_ADDRESS, else a local Ray
+    num_cpus: int | None = Field(None, ge=1)  # CPUs of a local Ray started for the run (None: all)
+    shard_size: int = Field(1000, ge=1)  # output rows (jobs) per shard: the unit of resumption
+    actors: int = Field(1, ge=1)  # generation actors (one backend each)
+    cpus_per_actor: float = Field(1.0, ge=0)
+    gpus_per_actor: float = Field(0.0, ge=0)  # e.g. 1 for --backend vllm
+
+
 class EnrichConfig(Config):
     """One enrichment run."""
 
     task: str
+    engine: Literal["local", "ray"] = "local"  # local: one process + the SQLite cache; ray: Ray Data, by shard
+    ray: RayOptions = RayOptions()
     backend: BackendConfig = BackendConfig()
     limit: int | None = Field(None, ge=1)
     retry_failed: bool = True  # failures cached by earlier runs are generated again (False: served from cache)
@@ -108,6 +121,16 @@ class _Pending:
     note: str | None
 
 
+def step_key(info: Any, uses_context: bool, decoding: str, template_id: str, template_version: str, prompt: str,
+             image_sha: str | None, context: dict[str, str] | None = None) -> str:
+    """Cache key of one step; the item context is part of the input for text-grounded backends (offline, echo)."""
+    if context and uses_context:
+        prompt = prompt + "\x00" + json.dumps(context, sort_keys=True)
+    return make_key(backend=info.backend, model_id=info.model_id, model_revision=info.model_revision,
+                    template_id=template_id, template_version=template_version, decoding=decoding,
+                    prompt=prompt, image_sha256=image_sha)
+
+
 def _sha(b: bytes | None) -> str | None:
     return hashlib.sha256(b).hexdigest() if b is not None else None
 
@@ -124,13 +147,8 @@ class _Runner:
         self.first_reasons: list[str] = []
 
     def key(self, step_tpl, prompt: str, image_sha: str | None, context: dict[str, str] | None = None) -> str:
-        """Cache key; the item context is part of the input for text-grounded backends (offline, echo)."""
-        i = self.backend.info
-        if context and getattr(self.backend, "uses_context", False):
-            prompt = prompt + "\x00" + json.dumps(context, sort_keys=True)
-        return make_key(backend=i.backend, model_id=i.model_id, model_revision=i.model_revision,
-                        template_id=step_tpl.id, template_version=step_tpl.version, decoding=self.decoding,
-                        prompt=prompt, image_sha256=image_sha)
+        return step_key(self.backend.info, getattr(self.backend, "uses_context", False), self.decoding,
+                        step_tpl.id, step_tpl.version, prompt, image_sha, context)
 
     def _resolve(self, job: int, st: Step) -> _Pending | str:
         """Key a step; image steps read their bytes. Without a usable image a step falls back to its text
@@ -299,6 +317,7 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
         The run configuration.
     backend
         An already built backend (default: built from ``cfg.backend``; models load only on a cache miss).
+        ``cfg.engine == "ray"`` hands the run to :func:`.ray_engine.run_enrich_ray` (no ``backend`` then).
     progress
         Show rich progress bars (items/s and ETA).
 
@@ -310,6 +329,12 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
     EnrichBusy
         Another run of the same task on the same dataset is in progress.
     """
+    if cfg.engine == "ray":
+        from .ray_engine import run_enrich_ray
+
+        if backend is not None:
+            raise ValueError("engine ray builds a backend in each actor: pass a factory to run_enrich_ray")
+        return run_enrich_ray(data, cfg, progress=progress)
     t0 = time.perf_counter()
     ds = DatasetDir(data)
     jobs, notes, kind, kind_source = plan_jobs(ds, cfg)
