@@ -21,7 +21,6 @@ from mmseqrec.enrich.runner import RayOptions
 from mmseqrec.errors import MissingExtraError
 
 
-
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray on 2 CPUs for the module (the engine uses an initialised Ray as it is)."""
