@@ -264,7 +264,11 @@ def _ray_session(cfg: EnrichConfig, progress: bool) -> Iterator[Any]:
             kw["address"] = cfg.ray.address
         elif not os.environ.get("RAY_ADDRESS") and cfg.ray.num_cpus:
             kw["num_cpus"] = cfg.ray.num_cpus
-        ray.init(**kw)
+        try:
+            ray.init(**kw)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+            raise InputError(f"cannot start or reach Ray ({where}): {exc}", field="--ray-address") from None
         started = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
