@@ -6,8 +6,12 @@ and a clear error without the extra. The Ray tests skip when Ray is not installe
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -29,7 +33,7 @@ def local_ray():
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+    yield ray
     if started:
         ray.shutdown()
 
@@ -74,6 +78,8 @@ class Stub(BaseHTTPRequestHandler):
 
     fail: set[str] = set()  # noqa: RUF012 - set by the test between runs
     seen: list[dict] = []  # noqa: RUF012
+    hold: set[str] = set()  # noqa: RUF012 - titles whose answer waits until ``release`` is set
+    release = threading.Event()
 
     def log_message(self, *a) -> None:
         pass
@@ -83,6 +89,8 @@ class Stub(BaseHTTPRequestHandler):
         content = body["messages"][0]["content"]
         prompt = content if isinstance(content, str) else content[-1]["text"]
         Stub.seen.append(body)
+        if any(f"Title: {t}\n" in prompt for t in Stub.hold):
+            Stub.release.wait(120)
         if any(f"Title: {t}\n" in prompt for t in Stub.fail):
             code, payload = 400, {"error": "simulated"}
         else:
@@ -99,8 +107,10 @@ class Stub(BaseHTTPRequestHandler):
 def stub(local_ray):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    Stub.fail, Stub.seen = set(), []
+    Stub.fail, Stub.seen, Stub.hold = set(), [], set()
+    Stub.release.clear()
     yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    Stub.release.set()
     srv.shutdown()
     srv.server_close()
 
@@ -211,3 +221,50 @@ def test_missing_ray_is_one_clear_error(tmp_path: Path, monkeypatch, capsys) -> 
     err = capsys.readouterr().err
     assert "pip install 'mmseqrec[cluster]'" in " ".join(err.split()) and "Traceback" not in err
     assert not (ds / "enrich" / "item-summary.parquet").exists()
+
+
+KILLED_CHILD = """
+import sys
+from mmseqrec.enrich import BackendConfig, EnrichConfig, run_enrich
+from mmseqrec.enrich.runner import RayOptions
+run_enrich(sys.argv[1], EnrichConfig(task="item-summary", engine="ray",
+           ray=RayOptions(address=sys.argv[3], shard_size=2),
+           backend=BackendConfig(backend="openai", model="served", api_base=sys.argv[2], batch_size=2, retries=0)),
+           progress=False)
+"""
+
+
+def test_killed_driver_redoes_only_unfinished_shards(local_ray, tmp_path: Path, stub: str) -> None:
+    """A driver killed (SIGKILL) while shard 2 waits for the server: the rerun requests only shards 2 and 3."""
+    ds = write_items(tmp_path / "ds", 8)
+    Stub.hold = {"T5"}
+    address = local_ray.get_runtime_context().gcs_address
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(ds), stub, address],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    shards = ds / "enrich" / "item-summary.shards"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and child.poll() is None:
+            done = sorted(p.name[:10] for p in shards.glob("*/r0/out-*.parquet"))
+            if done == ["out-000000", "out-000001"] and "T5" in titles(Stub.seen):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the child never reached shard 2: {child.communicate()[0][-2000:]!r}")
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(30)
+        Stub.release.set()
+    assert not (ds / "enrich" / "item-summary.parquet").exists()
+    mtimes = {p: p.stat().st_mtime_ns for p in shards.glob("*/r0/out-*.parquet")}
+    Stub.hold, Stub.seen = set(), []
+    res = run_enrich(ds, cfg("item-summary", BackendConfig(backend="openai", model="served", api_base=stub,
+                                                           batch_size=2, retries=0)), progress=False)
+    assert titles(Stub.seen) == ["T5", "T6", "T7", "T8"]
+    (rnd,) = res.info["engine"]["rounds"]
+    assert (rnd["run"], rnd["reused"]) == ([2, 3], [0, 1])
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert res.counts == {"ok": 8, "failed": 0, "skipped": 0}

@@ -4,14 +4,19 @@ The driver plans the task exactly as the single-machine runner does (:func:`.run
 definitions of :mod:`.tasks`) and writes each round's steps as Parquet *plan shards* of ``shard_size`` jobs
 (``shard = job // shard_size``). Ray Data then runs, for the shards not yet done::
 
-    read_parquet(plan shards)
-      -> map_batches(_prepare)       CPU tasks: read / download the image (enrich/images.py), check and decode it,
-                                     downscale it for backends that would (lossless PNG), key the step; text
-                                     fallback or skip exactly as the runner does
+    from_items(unfinished plan shards, one block each)
+      -> map_batches(_prepare)       CPU tasks, one per shard: read the plan shard (Parquet); per row read /
+                                     download the image (enrich/images.py), check and decode it, downscale it
+                                     for backends that would (lossless PNG), key the step; text fallback or skip
+                                     exactly as the runner does
       -> map_batches(_Generate)      an ActorPoolStrategy pool of generation actors, one backend each (offline /
-                                     echo / openai here; vllm with num_gpus on a cluster)
+                                     echo / openai here; vllm with num_gpus on a cluster); one call per shard,
+                                     generated in backend batches of ``batch_size``
       -> the driver (streaming, in order): a shard whose rows have all arrived is written atomically as
          DATA/enrich/<task>.shards/<backend>-<fingerprint>/r<round>/out-<shard>-<digest>.parquet
+
+One shard per block, task and actor call: Ray Data hands a map task's output on only when the task ends, so a
+task spanning several shards would hold them all back (and lose them all when killed).
 
 A shard's file exists only when it is complete, so a killed or failed job redoes only the shards without one
 (and, unless ``retry_failed`` is off, the failed rows of finished shards). File names carry the digest of the
@@ -88,14 +93,18 @@ def _table(rows: list[dict[str, Any]], cols: tuple[str, ...]) -> Any:
 # ----------------------------------------------------------------------------- Ray stages (run on workers)
 def _prepare(batch: Any, *, base: str, image_cache: str, images: dict[str, Any], supports_images: bool,
              resize_to: int | None, info: Any, uses_context: bool, decoding: str,
-             redo: dict[int, list[int]], shard_size: int) -> Any:
-    """CPU stage: per plan row, the image bytes (checked, decoded, downscaled for resizing backends), the text
-    fallback or the skip reason, and the step's cache key. Rows of partly done shards not in ``redo`` drop."""
+             redo: dict[int, list[int]]) -> Any:
+    """CPU stage over plan shards (a batch of ``{shard, plan}`` rows): per plan row, the image bytes (checked,
+    decoded, downscaled for resizing backends), the text fallback or the skip reason, and the step's cache key.
+    Rows of partly done shards not in ``redo`` drop."""
+    import pyarrow.parquet as pq
+
     cfg = ImageFetchConfig.model_validate(images)
     out: list[dict[str, Any]] = []
-    for row in batch.to_pylist():
+    plan = [(int(d["shard"]), row) for d in batch.to_pylist() for row in pq.read_table(d["plan"]).to_pylist()]
+    for shard, row in plan:
         job = row["job"]
-        keep = redo.get(job // shard_size)
+        keep = redo.get(shard)
         if keep is not None and job not in keep:
             continue
         ctx = json.loads(row["context"])
@@ -153,17 +162,25 @@ class _Generate:
         self.decoding = self.cfg.decoding.key()
 
     def __call__(self, batch: Any) -> Any:
+        """One shard in, one shard out (generated in backend batches of ``batch_size``)."""
         rows = batch.to_pylist()
         todo = [r for r in rows if r["skip_reason"] is None]
-        reqs = [GenRequest(r["prompt"], decode_image(r["image"], self.max_image_pixels)[0] if r["image"] else None,
-                           self.cfg.decoding.max_new_tokens, json.loads(r["context"])) for r in todo]
+        resps: list[GenResponse] = []
         unavailable = False
-        try:
-            resps = self.backend.generate(reqs) if reqs else []
-        except BackendUnavailable as exc:
-            resps, unavailable = [GenResponse(None, str(exc)) for _ in reqs], True
-        except Exception as exc:  # noqa: BLE001 - a backend crash fails this batch, recorded with its reason
-            resps = [GenResponse(None, f"{type(exc).__name__}: {exc}"[:500]) for _ in reqs]
+        bs = max(1, self.cfg.batch_size)
+        for s in range(0, len(todo), bs):
+            part = todo[s : s + bs]
+            if unavailable:
+                resps += [resps[-1]] * len(part)
+                continue
+            reqs = [GenRequest(r["prompt"], decode_image(r["image"], self.max_image_pixels)[0] if r["image"]
+                               else None, self.cfg.decoding.max_new_tokens, json.loads(r["context"])) for r in part]
+            try:
+                resps += self.backend.generate(reqs)
+            except BackendUnavailable as exc:
+                resps, unavailable = resps + [GenResponse(None, str(exc))] * len(part), True
+            except Exception as exc:  # noqa: BLE001 - a backend crash fails this batch, recorded with its reason
+                resps += [GenResponse(None, f"{type(exc).__name__}: {exc}"[:500]) for _ in part]
         answers = dict(zip((r["job"] for r in todo), resps, strict=True))
         i = self.backend.info
         out = []
@@ -387,27 +404,29 @@ def run_enrich_ray(data: str | Path, cfg: EnrichConfig, *, factory: Callable[[Ba
 def _run_shards(ray: Any, ds: DatasetDir, cfg: EnrichConfig, probe: Any, info: Any, uses_context: bool,
                 factory: Any, todo: list[_Shard], n: RunCounters, cache: EnrichCache, book: _Round) -> None:
     """One Ray Data pipeline over the ``todo`` shards; each completed shard is written as it arrives."""
-    size = cfg.ray.shard_size
     redo = {sh.index: sorted(sh.redo) for sh in todo if sh.redo is not None}
     expect = {sh.index: len(sh.redo) if sh.redo is not None else len(sh.rows) for sh in todo}
     by_index = {sh.index: sh for sh in todo}
     resize = cfg.backend.max_pixels if info.backend in _RESIZING else None
-    pipe = ray.data.read_parquet([str(sh.plan) for sh in todo])
+    # one block per shard, one shard per task and actor call: a map task's output reaches the driver only when
+    # the task ends, so a task spanning shards would delay (and, killed, lose) all of them
+    pipe = ray.data.from_items([{"shard": sh.index, "plan": str(sh.plan)} for sh in todo],
+                               override_num_blocks=len(todo))
     pipe = pipe.map_batches(
-        _prepare, batch_format="pyarrow", batch_size=max(1, cfg.backend.batch_size),
+        _prepare, batch_format="pyarrow", batch_size=1,
         fn_kwargs={"base": str(ds.path), "image_cache": str(ds.path / "enrich" / "images"),
                    "images": cfg.images.model_dump(mode="json"), "supports_images": bool(probe.supports_images),
                    "resize_to": resize, "info": info, "uses_context": uses_context,
-                   "decoding": cfg.backend.decoding.key(), "redo": redo, "shard_size": size})
+                   "decoding": cfg.backend.decoding.key(), "redo": redo})
     remote = {"num_cpus": cfg.ray.cpus_per_actor}
     if cfg.ray.gpus_per_actor:
         remote["num_gpus"] = cfg.ray.gpus_per_actor
     pipe = pipe.map_batches(
-        _Generate, batch_format="pyarrow", batch_size=max(1, cfg.backend.batch_size),
+        _Generate, batch_format="pyarrow", batch_size=None,
         compute=ray.data.ActorPoolStrategy(size=cfg.ray.actors),
         fn_constructor_kwargs={"backend": cfg.backend.model_dump(mode="json"),
                                "max_image_pixels": cfg.images.max_image_pixels, "factory": factory}, **remote)
-    batches = pipe.iter_batches(batch_size=None, batch_format="pyarrow")
+    batches = pipe.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
     with contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext():
         _consume(batches, cfg, expect, by_index, n, cache, book)
 
