@@ -12,17 +12,18 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import ChatStub
 from test_enrich_pipeline import make_dataset
 
 from mmseqrec.cli import main
 from mmseqrec.enrich import BackendConfig, EnrichAborted, EnrichConfig, run_enrich
 from mmseqrec.enrich.runner import RayOptions
-from mmseqrec.errors import MissingExtraError
+from mmseqrec.errors import InputError, MissingExtraError
 
 
 @pytest.fixture(scope="module")
@@ -72,35 +73,21 @@ def test_ray_engine_writes_what_the_runner_writes(local_ray, tmp_path: Path, tas
     assert table(fresh, task).equals(ray_df)
 
 
-class Stub(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat server (what `vllm serve` exposes): 400 for prompts naming a title in
-    ``fail``; records every request."""
+class Stub(ChatStub):
+    """The OpenAI-compatible server: 400 for prompts naming a title in ``fail``; records every request."""
 
     fail: set[str] = set()  # noqa: RUF012 - set by the test between runs
     seen: list[dict] = []  # noqa: RUF012
     hold: set[str] = set()  # noqa: RUF012 - titles whose answer waits until ``release`` is set
     release = threading.Event()
 
-    def log_message(self, *a) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        content = body["messages"][0]["content"]
-        prompt = content if isinstance(content, str) else content[-1]["text"]
+    def answer(self, body: dict, prompt: str, content: object) -> tuple[int, dict]:
         Stub.seen.append(body)
         if any(f"Title: {t}\n" in prompt for t in Stub.hold):
             Stub.release.wait(120)
         if any(f"Title: {t}\n" in prompt for t in Stub.fail):
-            code, payload = 400, {"error": "simulated"}
-        else:
-            code, payload = 200, {"choices": [{"message": {"content": f"summary {len(prompt)}"}}]}
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            return 400, {"error": "simulated"}
+        return 200, {"choices": [{"message": {"content": f"summary {len(prompt)}"}}]}
 
 
 @pytest.fixture()
@@ -268,3 +255,15 @@ def test_killed_driver_redoes_only_unfinished_shards(local_ray, tmp_path: Path, 
     assert (rnd["run"], rnd["reused"]) == ([2, 3], [0, 1])
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert res.counts == {"ok": 8, "failed": 0, "skipped": 0}
+
+
+def test_engine_options_are_checked(tmp_path: Path, capsys) -> None:
+    """vLLM actors need GPUs; an unknown engine is one line from the CLI (exit 2), nothing written."""
+    pytest.importorskip("ray")
+    ds = make_dataset(tmp_path / "ds")
+    with pytest.raises(InputError, match="--gpus-per-actor"):
+        run_enrich(ds, cfg("item-summary", BackendConfig(backend="vllm", model="m")), progress=False)
+    with pytest.raises(SystemExit) as e:
+        main(["enrich", str(ds), "--task", "item-summary", "--backend", "echo", "--engine", "spark"])
+    assert e.value.code == 2 and "engine" in capsys.readouterr().err
+    assert not (ds / "enrich" / "item-summary.parquet").exists()
