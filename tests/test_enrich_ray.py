@@ -192,7 +192,7 @@ def test_cli_engine_ray(local_ray, tmp_path: Path, capsys) -> None:
               "--shard-size", "3", "--no-progress"])
     assert e.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "ray: 2 shard(s), 2 run (0 for failed rows only), 0 finished earlier" in " ".join(out.split())
+    assert "ray: 2 shard(s), 2 run (0 only in part), 0 finished earlier, 0 from the cache" in " ".join(out.split())
     assert table(ds, "item-summary")["status"].to_list() == ["ok"] * 4
 
 
@@ -267,3 +267,18 @@ def test_engine_options_are_checked(tmp_path: Path, capsys) -> None:
         main(["enrich", str(ds), "--task", "item-summary", "--backend", "echo", "--engine", "spark"])
     assert e.value.code == 2 and "engine" in capsys.readouterr().err
     assert not (ds / "enrich" / "item-summary.parquet").exists()
+
+
+def test_ray_takes_over_from_a_local_run(local_ray, tmp_path: Path, stub: str) -> None:
+    """What an earlier --engine local run generated is served from the SQLite cache, shard by shard."""
+    ds = write_items(tmp_path / "ds", 8)
+    be = BackendConfig(backend="openai", model="served", api_base=stub, batch_size=2, retries=0)
+    run_enrich(ds, cfg("item-summary", be, engine="local", limit=3), progress=False)
+    assert titles(Stub.seen) == ["T1", "T2", "T3"]
+    Stub.seen = []
+    res = run_enrich(ds, cfg("item-summary", be), progress=False)
+    assert titles(Stub.seen) == ["T4", "T5", "T6", "T7", "T8"]
+    (rnd,) = res.info["engine"]["rounds"]
+    assert (rnd["from_cache"], rnd["partial"], rnd["run"]) == ([0], [1], [1, 2, 3])
+    assert res.info["this_run"]["from_cache"] == 3 and res.info["this_run"]["generated"] == 5
+    assert table(ds, "item-summary")["status"].to_list() == ["ok"] * 8

@@ -128,8 +128,9 @@ def print_summary(res) -> None:
     if eng := info.get("engine"):
         for b in eng["rounds"]:
             block = f" block {b['round'] + 1}" if len(eng["rounds"]) > 1 else ""
-            lines.append(f"ray{block}: {b['shards']} shard(s), {len(b['run'])} run ({len(b['partial'])} for failed "
-                         f"rows only), {len(b['reused'])} finished earlier; shards in {eng['work_dir']}")
+            lines.append(f"ray{block}: {b['shards']} shard(s), {len(b['run'])} run ({len(b['partial'])} only in "
+                         f"part), {len(b['reused'])} finished earlier, {len(b['from_cache'])} from the cache; "
+                         f"shards in {eng['work_dir']}")
     if info.get("stand_in"):
         lines.append(f"note: {info['stand_in']}")
     lines.append(f"wrote {res.parquet}")

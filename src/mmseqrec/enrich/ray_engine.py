@@ -19,7 +19,8 @@ One shard per block, task and actor call: Ray Data hands a map task's output on 
 task spanning several shards would hold them all back (and lose them all when killed).
 
 A shard's file exists only when it is complete, so a killed or failed job redoes only the shards without one
-(and, unless ``retry_failed`` is off, the failed rows of finished shards). File names carry the digest of the
+(and, unless ``retry_failed`` is off, the failed rows of finished shards). Text steps that
+``DATA/enrich/cache.sqlite`` already holds (an earlier ``--engine local`` run) are served from it. File names carry the digest of the
 shard's plan (prompts, images, context), the directory a fingerprint of the backend, model, decoding, task
 options and shard size: a changed dataset, option or model never reuses a stale shard, and nothing is deleted.
 After the last round the driver merges the shards into the same ``DATA/enrich/<task>.parquet`` + ``.json`` the
@@ -40,7 +41,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,7 @@ class _Shard:
     rows: list[dict[str, Any]]
     plan: Path
     out: Path
-    redo: list[int] | None = None  # failed jobs to generate again (None: the whole shard)
+    redo: list[int] | None = None  # the jobs to generate (None: the whole shard)
     kept: list[dict[str, Any]] = field(default_factory=list)  # rows of the earlier output that stay
 
 
@@ -306,8 +307,9 @@ class _Round:
     round: int
     shards: int = 0
     run: list[int] = field(default_factory=list)
-    partial: list[int] = field(default_factory=list)
-    reused: list[int] = field(default_factory=list)
+    partial: list[int] = field(default_factory=list)  # run for some rows only (the rest: earlier or cached)
+    reused: list[int] = field(default_factory=list)  # finished by an earlier run
+    from_cache: list[int] = field(default_factory=list)  # every row from DATA/enrich/cache.sqlite
 
 
 def run_enrich_ray(data: str | Path, cfg: EnrichConfig, *, factory: Callable[[BackendConfig], Backend] | None = None,
@@ -365,7 +367,14 @@ def run_enrich_ray(data: str | Path, cfg: EnrichConfig, *, factory: Callable[[Ba
                 if not sh.plan.exists():
                     _write(sh.plan, _table(sh.rows, _PLAN_COLS))
                 if not sh.out.exists():
-                    todo.append(sh)
+                    _serve_from_cache(sh, cache, info, uses_context, cfg)
+                    if sh.redo == []:  # every row served by the SQLite cache: no Ray work
+                        _write(sh.out, _table(sh.kept, _OUT_COLS))
+                        book.from_cache.append(sh.index)
+                        n.cached += len(sh.kept)
+                        n.failed_cached += sum(x["status"] == "failed" for x in sh.kept)
+                    else:
+                        todo.append(sh)
                     continue
                 rows = _read_rows(sh.out)
                 failed = [x["job"] for x in rows if x["status"] == "failed"]
@@ -456,6 +465,24 @@ def _consume(batches: Any, cfg: EnrichConfig, expect: dict[int, int], by_index: 
                 _finish(by_index[k], buf.pop(k), n, cache, book)
 
 
+def _serve_from_cache(sh: _Shard, cache: EnrichCache, info: Any, uses_context: bool, cfg: EnrichConfig) -> None:
+    """Take the text steps of a new shard that the SQLite cache already holds (an earlier ``--engine local``
+    run): they become ``sh.kept``, the other rows ``sh.redo`` (``[]``: nothing left to generate). Image steps
+    are keyed by their bytes, read on the workers: they are generated (their keys are the cache's)."""
+    decoding = cfg.backend.decoding.key()
+    keys = {r["job"]: step_key(info, uses_context, decoding, r["template_id"], r["template_version"], r["prompt"],
+                               None, json.loads(r["context"])) for r in sh.rows if r["image_ref"] is None}
+    hits = cache.get_many(keys.values())
+    kept = []
+    for r in sh.rows:
+        e = hits.get(keys.get(r["job"], ""))
+        if e is not None and (e.status == "ok" or not cfg.retry_failed):
+            kept.append({**asdict(e), "job": r["job"], "note": r["note"]})
+    if kept:
+        served = {x["job"] for x in kept}
+        sh.kept, sh.redo = kept, [r["job"] for r in sh.rows if r["job"] not in served]
+
+
 def _finish(sh: _Shard, rows: list[dict[str, Any]], n: RunCounters, cache: EnrichCache, book: _Round) -> None:
     """Write a completed shard (merged with the rows it keeps) and count it."""
     _write(sh.out, _table(sorted(sh.kept + rows, key=lambda x: x["job"]), _OUT_COLS))
@@ -465,6 +492,7 @@ def _finish(sh: _Shard, rows: list[dict[str, Any]], n: RunCounters, cache: Enric
     n.failed_now += sum(x["status"] == "failed" for x in gen)
     n.generated_jobs.update(x["job"] for x in gen)
     n.cached += sum(x["status"] != "skipped" for x in sh.kept)
+    n.failed_cached += sum(x["status"] == "failed" for x in sh.kept)
     book.run.append(sh.index)
 
 
