@@ -17,7 +17,15 @@ from .backends import (
 )
 from .cache import EnrichCache, make_key
 from .images import ImageFetchConfig, load_image
-from .runner import EnrichAborted, EnrichBusy, EnrichConfig, EnrichSummary, RayOptions, output_paths, run_enrich
+from .runner import (
+    EnrichAborted,
+    EnrichBusy,
+    EnrichConfig,
+    EnrichSummary,
+    RayOptions,
+    output_paths,
+    run_enrich,
+)
 from .tasks import TASKS, TEMPLATES, PromptTemplate
 
 __all__ = [
