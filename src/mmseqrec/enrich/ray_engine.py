@@ -41,7 +41,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -255,10 +255,8 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _entry(r: dict[str, Any]) -> CacheEntry:
-    return CacheEntry(key=r["key"], status=r["status"], text=r["text"], reason=r["reason"], backend=r["backend"],
-                      model_id=r["model_id"], model_revision=r["model_revision"], template_id=r["template_id"],
-                      template_version=r["template_version"], decoding=r["decoding"], prompt=r["prompt"],
-                      backend_prompt=r["backend_prompt"], image_sha256=r["image_sha256"], created=r["created"])
+    """The cache entry of an output row (the row's columns carry every field)."""
+    return CacheEntry(**{f.name: r[f.name] for f in fields(CacheEntry)})
 
 
 def _to_cache(cache: EnrichCache, rows: list[dict[str, Any]]) -> None:
@@ -289,13 +287,18 @@ def _ray_session(cfg: EnrichConfig, progress: bool) -> Iterator[Any]:
             raise InputError(f"cannot start or reach Ray ({where}): {exc}", field="--ray-address") from None
         started = True
     ctx = ray.data.DataContext.get_current()
+    before = ctx.enable_progress_bars, ctx.execution_options.preserve_order
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = True  # shards finish in order: the driver holds at most a few
+    log = logging.getLogger("ray.data")
+    level = log.level
     if not progress:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        log.setLevel(logging.WARNING)
     try:
         yield ray
     finally:
+        ctx.enable_progress_bars, ctx.execution_options.preserve_order = before
+        log.setLevel(level)
         if started:
             ray.shutdown()
 
