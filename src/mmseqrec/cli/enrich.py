@@ -54,7 +54,7 @@ def enrich_cmd(
     threads: Annotated[int | None, typer.Option(help="CPU threads (offline default: half the cores).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     engine: Annotated[str, typer.Option(help="local (one process, SQLite cache; default) | ray (a Ray Data "
-                                        "pipeline by shard, local Ray or a cluster; extra mmseqrec[cluster]).")]
+                                        "pipeline by shard, local Ray or a cluster; needs the optional extra named cluster).")]
     = "local",
     ray_address: Annotated[str | None, typer.Option(help="ray: cluster address (default $RAY_ADDRESS, else a "
                                                     "local Ray).")] = None,
