@@ -180,3 +180,28 @@ def test_serve_command_refuses_bad_options_with_one_line(served, tmp_path, capsy
     assert "once per run" in capsys.readouterr().err
     assert run_cli(["serve", f"a={paths['sasrec']}", f"a={paths['gru4rec']}"]) == 2
     assert "two runs named 'a'" in capsys.readouterr().err
+
+
+def test_api_docs_load_their_assets_locally(served, monkeypatch, caplog):
+    import re
+
+    monkeypatch.setenv("MMSEQREC_API_KEY", "k")  # the docs and their files stay open
+    c = TestClient(create_app(served[1]), raise_server_exceptions=False)
+    for page, n_assets in (("/docs", 2), ("/redoc", 1)):
+        html = c.get(page)
+        assert html.status_code == 200
+        urls = [u for u in re.findall(r'(?:src|href)="([^"]+)"', html.text) if not u.endswith(".png")]
+        assert len(urls) >= n_assets and all(u.startswith("/docs-assets/") for u in urls), urls
+        for u in urls:
+            r = c.get(u)
+            assert r.status_code == 200 and len(r.content) > 10_000, u
+    assert "/openapi.json" in c.get("/docs").text and c.get("/openapi.json").status_code == 200
+    assert "cdn" not in c.get("/docs").text.lower()
+    # without the package that ships the files: the CDN, with a logged notice
+    import mmseqrec.serve.docs as docs
+
+    monkeypatch.setattr(docs, "_asset_dir", lambda: None)
+    with caplog.at_level("WARNING", logger="mmseqrec.serve"):
+        c = TestClient(create_app(served[1]), raise_server_exceptions=False)
+    assert "fastapi-offline is not installed" in caplog.text
+    assert "cdn.jsdelivr.net" in c.get("/docs").text
