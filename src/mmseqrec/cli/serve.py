@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -40,7 +42,7 @@ def register(app: typer.Typer) -> None:
         """Serve recommendations over HTTP (POST /recommend, GET /items, /users, /health; docs at /docs) and a web
         page at / . Set MMSEQREC_API_KEY to require the header X-API-Key on API calls."""
         from ..errors import InputError, require
-        from ..serve.app import create_app
+        from ..serve.app import API_KEY_ENV, KeyRedactor, create_app
         from ..serve.index import attach_index
         from ..serve.llmrec import is_llmrec_run
         from ..serve.recommend import load_recommender
@@ -81,5 +83,9 @@ def register(app: typer.Typer) -> None:
                 recs[name].run.config.model.name
             typer.echo(f"run {name}: {path} ({model}), search: {info}")
         api = create_app({name: recs[name] for name in specs})
+        key = os.environ.get(API_KEY_ENV)
+        if key:  # the key is read from a header only; never let a URL that carries it reach the logs
+            for logger in ("uvicorn.access", "uvicorn.error", "uvicorn"):
+                logging.getLogger(logger).addFilter(KeyRedactor(key))
         typer.echo(f"serving on http://{host}:{port}/ (API docs at /docs)")
         uvicorn.run(api, host=host, port=port, log_level="info")

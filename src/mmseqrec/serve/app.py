@@ -17,13 +17,14 @@ open. The key is never logged.
 
 
 import hmac
+import logging
 import os
 from importlib import resources
 from typing import Any, Literal
 
 from ..errors import MmseqrecError, require
 
-__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "MAX_HISTORY", "MAX_K", "create_app"]
+__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "MAX_HISTORY", "MAX_K", "KeyRedactor", "create_app"]
 
 API_KEY_ENV = "MMSEQREC_API_KEY"
 MAX_BODY_BYTES = 64 * 1024
@@ -31,6 +32,27 @@ MAX_HISTORY = 1000
 MAX_K = 1000
 _OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
 _OPEN_PREFIXES = ("/docs-assets/",)  # mmseqrec.serve.docs.ASSETS
+
+
+class KeyRedactor(logging.Filter):
+    """A logging filter that replaces the API key with ``***`` in a record's message and arguments: the key is
+    only read from a header, but a client that puts it in the URL (``?api_key=...``) would otherwise have it written
+    to the access log. ``mmseqrec serve`` installs it on uvicorn's loggers."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+
+    def _clean(self, value: Any) -> Any:
+        return value.replace(self.key, "***") if isinstance(value, str) and self.key in value else value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._clean(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._clean(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self._clean(v) for k, v in record.args.items()}
+        return True
 
 
 class _BodyLimit:
@@ -105,7 +127,7 @@ def create_app(recommenders: dict[str, Any], api_key: str | None = None, title: 
     key = os.environ.get(API_KEY_ENV) if api_key is None else api_key
 
     class RecommendRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)  # no "k": true or "exclude_history": "yes"
         history: list[str] = Field(..., max_length=MAX_HISTORY,
                                    description="Original item ids, oldest first (unknown ids are reported).")
         k: int = Field(10, ge=1, le=MAX_K, description="Number of items.")
