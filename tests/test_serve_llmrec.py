@@ -189,3 +189,10 @@ def test_recommend_command_on_an_llm_run(llm_runs, capsys):
     assert "at least 1" in capsys.readouterr().err
     assert run_cli(["recommend", str(llm_runs["msr"]), "--history", "i01", "--candidates-from", "pop"]) == 2
     assert run_cli(["serve", str(llm_runs["msr"]), "--index", "faiss"]) == 2
+
+
+def test_html_report_shows_the_llm_runs_reranked_examples(llm_runs, tmp_path):
+    out = tmp_path / "report.html"
+    assert run_cli(["report", str(llm_runs["msr"]), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "could not load" not in html and "re-rank of popularity top-50" in html
