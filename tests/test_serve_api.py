@@ -202,7 +202,7 @@ def test_api_docs_load_their_assets_locally(served, monkeypatch, caplog):
     assert "/openapi.json" in c.get("/docs").text and c.get("/openapi.json").status_code == 200
     assert "cdn" not in c.get("/docs").text.lower()
     # without the package that ships the files: the CDN, with a logged notice
-    import mmseqrec.serve.docs as docs
+    from mmseqrec.serve import docs
 
     monkeypatch.setattr(docs, "_asset_dir", lambda: None)
     with caplog.at_level("WARNING", logger="mmseqrec.serve"):

@@ -41,8 +41,9 @@ def _llm_run(root: Path, paths: dict) -> Path | None:
         import transformers  # noqa: F401
     except ImportError:
         return None
-    from mmseqrec.llmrec.random_lm import build_random_lm
     from serve_fixtures import run_cli
+
+    from mmseqrec.llmrec.random_lm import build_random_lm
 
     lm = build_random_lm(root / "lm", seed=1)
     lists, out = root / "lists.parquet", root / "llm"

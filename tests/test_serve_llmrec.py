@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 pytest.importorskip("peft", reason="the llm extra (peft) is not installed")
@@ -111,7 +110,7 @@ def test_popularity_candidates_reranked_by_the_runs_scorer(client):
 
 
 def test_a_test_users_stored_summary_fills_the_prompt(client):
-    c, recs = client
+    c, _recs = client
     users = c.get("/users", params={"limit": 200}).json()["users"]
     uid = users[5]
     u = c.get(f"/users/{uid}").json()
@@ -121,7 +120,7 @@ def test_a_test_users_stored_summary_fills_the_prompt(client):
     assert body["preference"] == {"text": " ".join(u["mllm"]["user-preference"].split()),
                                   "source": "enrich/user-preference.parquet"}
     assert body["history"] == u["history"] and body["user"] == uid
-    assert not set(it["item_id"] for it in body["items"]) & set(u["history"])
+    assert not {it["item_id"] for it in body["items"]} & set(u["history"])
     # a sequential run takes the user's history too (and no preference)
     seq = c.post("/recommend", json={"history": [], "user": uid, "k": 3}).json()
     assert seq["history"] == u["history"] and seq["preference"] is None and seq["candidates"] is None

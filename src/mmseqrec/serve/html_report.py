@@ -217,7 +217,6 @@ def _longtail(run: Path, preset: str) -> str:
     from ..data.split import leave_one_out
     from ..evaluate.longtail import longtail_for_split
     from ..train.config import load_experiment
-
     from .llmrec import is_llmrec_run
 
     if not (run / "ranks.parquet").exists():
