@@ -194,4 +194,4 @@ def test_html_report_shows_the_llm_runs_reranked_examples(llm_runs, tmp_path):
     out = tmp_path / "report.html"
     assert run_cli(["report", str(llm_runs["msr"]), "--out", str(out)]) == 0
     html = out.read_text()
-    assert "could not load" not in html and "re-rank of popularity top-50" in html
+    assert "could not load" not in html and "re-rank of popularity top-20" in html

@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
             "LLM-recommender runs (mmseqrec llmrec train) re-rank a candidate list: 'popularity' (training "
             "popularity top-N, history excluded) or another run's top-N for the same query, as the NAME of a served "
             "run or a run DIR. Every answer names the stage used."))] = "popularity",
-        n_candidates: Annotated[int, typer.Option(help="LLM-recommender runs: candidates re-ranked per query.")]
-            = 50,
+        n_candidates: Annotated[int, typer.Option(help="LLM-recommender runs: candidates re-ranked per query (the "
+                                                  "cost of a query grows linearly with it).")] = 20,
     ) -> None:
         """Serve recommendations over HTTP (POST /recommend, GET /items, /users, /health; docs at /docs) and a web
         page at / . Set MMSEQREC_API_KEY to require the header X-API-Key on API calls."""

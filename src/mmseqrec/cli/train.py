@@ -159,7 +159,7 @@ def register(app: typer.Typer) -> None:
         candidates_from: Annotated[str, typer.Option(help="LLM recommenders: the candidate stage they re-rank, "
                                                      "'popularity' or a run DIR (its top-N for the same history).")]
         = "popularity",
-        n_candidates: Annotated[int, typer.Option(help="LLM recommenders: candidates re-ranked.")] = 50,
+        n_candidates: Annotated[int, typer.Option(help="LLM recommenders: candidates re-ranked.")] = 20,
     ) -> None:
         """Print the top-K items with scores for a history of original item ids."""
         from ..serve.llmrec import is_llmrec_run

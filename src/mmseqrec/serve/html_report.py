@@ -6,7 +6,7 @@ directories the seed aggregate of :func:`mmseqrec.evaluate.report.aggregate_runs
 :func:`mmseqrec.evaluate.report.compare_runs` against the first run), training curves from each run's
 ``log.jsonl``, the long-tail breakdown (:func:`mmseqrec.evaluate.longtail.longtail_for_split`) and example
 recommendations with item images, made by the same recommender as ``mmseqrec recommend`` and ``mmseqrec serve``
-(:func:`~mmseqrec.serve.recommend.load_recommender`; LLM-recommender runs re-rank the training-popularity top-50,
+(:func:`~mmseqrec.serve.recommend.load_recommender`; LLM-recommender runs re-rank the training-popularity top-20,
 labelled). Nothing is re-scored: numbers come from the run files.
 """
 

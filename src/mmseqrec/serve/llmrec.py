@@ -31,8 +31,11 @@ import torch
 from ..errors import InputError, require
 from .recommend import RecommendResult, cold_start_error, item_tables, split_query, top_k, training_popularity
 
-__all__ = ["LLMRecommender", "is_llmrec_run"]
+__all__ = ["N_CANDIDATES", "LLMRecommender", "is_llmrec_run"]
 
+#: candidates re-ranked per query by default: the papers' lists hold 1 + 20 items, and the cost of a query grows
+#: linearly with N (benchmarks/llmrec_speed.py)
+N_CANDIDATES = 20
 #: history items whose titles stand in for the summary of an ad-hoc history (MLLM-MSR)
 _TITLE_HISTORY = 10
 
@@ -76,7 +79,7 @@ class LLMRecommender:
     takes_user = True
 
     def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None,
-                 candidates_from: Any = "popularity", n_candidates: int = 50,
+                 candidates_from: Any = "popularity", n_candidates: int = N_CANDIDATES,
                  candidates_name: str | None = None) -> None:
         import yaml
 
