@@ -174,7 +174,9 @@ def test_mmsrarec_prompt_equals_the_training_prompt(llm_runs):
     assert res.candidates["stage"] == "popularity" and len(res.items) == 3
 
 
-def test_recommend_command_on_an_llm_run(llm_runs, capsys):
+def test_recommend_command_on_an_llm_run(llm_runs, capsys, tmp_path):
+    from helpers import write_cycle_dataset
+
     assert run_cli(["recommend", str(llm_runs["msr"]), "--history", "i01,i02", "-k", "3", "--n-candidates", "5",
                     "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -188,6 +190,9 @@ def test_recommend_command_on_an_llm_run(llm_runs, capsys):
     assert "at least 1" in capsys.readouterr().err
     assert run_cli(["recommend", str(llm_runs["msr"]), "--history", "i01", "--candidates-from", "pop"]) == 2
     assert run_cli(["serve", str(llm_runs["msr"]), "--index", "faiss"]) == 2
+    other = write_cycle_dataset(tmp_path / "other", n_users=20, n_items=15, seq_len=6)
+    assert run_cli(["recommend", str(llm_runs["msr"]), "--history", "1", "--data", str(other)]) == 2
+    assert "trained on a dataset with 40 items" in capsys.readouterr().err
 
 
 def test_html_report_shows_the_llm_runs_reranked_examples(llm_runs, tmp_path):

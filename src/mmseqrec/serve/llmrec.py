@@ -73,20 +73,22 @@ class LLMRecommender:
     candidates_from : ``"popularity"``, or a loaded recommender of the same dataset (any of the serve seam).
     n_candidates : ``N``, candidates re-ranked per query.
     candidates_name : the label of a recommender given as ``candidates_from`` (shown as ``run:NAME``).
-    device, data_dir : torch device; another copy of the run's dataset (default: the recorded path).
+    device, data_dir, force : torch device; another copy of the run's dataset (default: the recorded path), checked
+        against the identity the run recorded unless ``force`` (:func:`mmseqrec.train.run.check_data`).
     """
 
     takes_user = True
 
     def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None,
                  candidates_from: Any = "popularity", n_candidates: int = N_CANDIDATES,
-                 candidates_name: str | None = None) -> None:
+                 candidates_name: str | None = None, force: bool = False) -> None:
         import yaml
 
         from ..data.dataset import DatasetDir
         from ..llmrec.prompts import load_prompt_texts
         from ..llmrec.run import ADAPTER, CONFIG, LLMRecConfig, load_lm, resolve_model
         from ..llmrec.scoring import YesNoScorer
+        from ..train.run import check_data
 
         peft = require("peft", "llm", "serving an LLM-recommender run")
         path = Path(run_dir)
@@ -101,15 +103,24 @@ class LLMRecommender:
         cfg = LLMRecConfig.model_validate({**{k: v for k, v in raw.items() if k in LLMRecConfig.model_fields},
                                            "device": device})
         ds = DatasetDir(data_dir if data_dir is not None else cfg.data)
+        check_data(path, ds, force=force)  # the dataset identity recorded in RUN/metrics.json
+        self.index, self.ids, self.titles = item_tables(ds)
+        self.n_candidates = int(n_candidates)
+        self._set_stage(candidates_from, candidates_name)  # options checked before the model is loaded
         model_dir = Path(raw["model_dir"]) if raw.get("model_dir") else resolve_model(cfg.model)
         base, tok = load_lm(model_dir, device)
         model = peft.PeftModel.from_pretrained(base, path / ADAPTER).eval()
         self.run = LLMRun(path, cfg, ds, model, model_dir, device)
         self.scorer = YesNoScorer(model, tok, device)
-        self.index, self.ids, self.titles = item_tables(ds)
-        self.n_candidates = int(n_candidates)
         self.search = None  # candidates are re-ranked, never indexed
         self._popularity: torch.Tensor | None = None
+        if cfg.method == "mllm-msr":
+            self.texts = load_prompt_texts(ds)  # every user's summary (None where a user has none)
+            self.keywords = None
+        else:
+            self._init_mmsrarec(cfg, ds)
+
+    def _set_stage(self, candidates_from: Any, name: str | None) -> None:
         if isinstance(candidates_from, str):
             if candidates_from != "popularity":
                 raise InputError(f"unknown candidate stage {candidates_from!r}; use popularity or a run",
@@ -119,17 +130,11 @@ class LLMRecommender:
             raise InputError("the candidate stage must score the whole catalogue (a sequential or general run), not "
                              "another LLM recommender", field="--candidates-from")
         else:
-            ids = list(map(str, candidates_from.ids))
-            if ids != list(map(str, self.ids)):
+            if list(map(str, candidates_from.ids)) != list(map(str, self.ids)):
                 raise InputError("the candidate run was trained on another item catalogue than the LLM run",
                                  field="--candidates-from")
             self.stage = candidates_from
-            self.stage_name = f"run:{candidates_name or Path(candidates_from.run.path).name}"
-        if cfg.method == "mllm-msr":
-            self.texts = load_prompt_texts(ds)  # every user's summary (None where a user has none)
-            self.keywords = None
-        else:
-            self._init_mmsrarec(cfg, ds)
+            self.stage_name = f"run:{name or Path(candidates_from.run.path).name}"
 
     # ------------------------------------------------------------------ MMSRARec context
     def _init_mmsrarec(self, cfg: Any, ds: Any) -> None:

@@ -94,7 +94,7 @@ def load_recommender(run_dir: str | Path, device: str | None = "cpu", data_dir: 
     from .llmrec import LLMRecommender, is_llmrec_run
 
     if is_llmrec_run(run_dir):
-        return LLMRecommender(run_dir, device=device, data_dir=data_dir, **llm)  # type: ignore[arg-type]
+        return LLMRecommender(run_dir, device=device, data_dir=data_dir, force=force, **llm)  # type: ignore[arg-type]
     kind = GeneralRecommender if is_general_run(run_dir) else Recommender
     return kind(run_dir, device=device, data_dir=data_dir, force=force)
 
