@@ -2,7 +2,8 @@
 
 Needs the system browser (Debian: ``apt-get install chromium chromium-driver``; ``.ci/run`` installs it) and the
 ``browser`` extra (selenium); skipped with the reason otherwise. ``MMSEQREC_SCREENSHOT=PATH`` saves a screenshot
-of the side-by-side view (docs/serve-page.png is made so).
+of the side-by-side view (docs/serve-page.png is made so) and of SASRec beside an LLM recommender re-ranking its
+top-10 (PATH with ``-llm`` before the suffix).
 """
 
 from __future__ import annotations
@@ -178,6 +179,9 @@ def test_page_shows_the_llm_reranking_and_the_preference_it_used(server, browser
     pref = panel.find_element(By.CSS_SELECTOR, ".run-pref").text
     assert "enrich/user-preference.parquet" in pref  # the picked user's stored summary, not a stand-in
     assert 0 < len(panel.find_elements(By.CSS_SELECTOR, ".card")) <= 8
+    shot = os.environ.get("MMSEQREC_SCREENSHOT")
+    if shot:  # docs/serve-page.png -> docs/serve-page-llm.png
+        browser.save_screenshot(str(Path(shot).with_name(Path(shot).stem + "-llm.png")))
 
 
 def test_api_docs_render_offline(server, browser):
