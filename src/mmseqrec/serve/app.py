@@ -191,7 +191,12 @@ def create_app(recommenders: dict[str, Any], api_key: str | None = None, title: 
 
     @app.post("/recommend")
     def recommend(req: RecommendRequest) -> dict[str, Any]:
-        """Top-``k`` items for ``history`` with title, score, image URL, dataset text and MLLM outputs."""
+        """Top-``k`` items for ``history`` with title, score, image URL, dataset text and MLLM outputs.
+
+        ``source``: ``model`` or ``popularity`` (no known history and ``cold: "popularity"``). LLM-recommender runs
+        re-rank a candidate list: ``candidates`` names its stage (``popularity`` or ``run:NAME``) and size, and
+        ``preference`` holds the preference text the prompt used, with its source; both are ``null`` otherwise.
+        """
         name, rec = _rec(req.run)
         history = list(req.history)
         if req.user is not None:
