@@ -190,6 +190,7 @@ def test_recommend_command_on_an_llm_run(llm_runs, capsys, tmp_path):
     assert "at least 1" in capsys.readouterr().err
     assert run_cli(["recommend", str(llm_runs["msr"]), "--history", "i01", "--candidates-from", "pop"]) == 2
     assert run_cli(["serve", str(llm_runs["msr"]), "--index", "faiss"]) == 2
+    assert "an LLM recommender re-ranks a candidate list" in capsys.readouterr().err
     other = write_cycle_dataset(tmp_path / "other", n_users=20, n_items=15, seq_len=6)
     assert run_cli(["recommend", str(llm_runs["msr"]), "--history", "1", "--data", str(other)]) == 2
     assert "trained on a dataset with 40 items" in capsys.readouterr().err
