@@ -16,6 +16,7 @@ Written from the papers (MMRec is GPL; read to understand only):
   ``k`` neighbours, symmetric normalisation), ``n_mm_layers`` convolutions of the item ID embeddings added to
   LightGCN's item output; degree-sensitive edge pruning of the user-item graph (resampled every epoch);
   BPR + ``mm_weight`` x BPR of the users against projected modality features + L2.
+* MostPop: training popularity (users per item), the floor every general model must clear.
 * MLLMRec: Dang et al. (arXiv 2508.15304 / SIGIR 2026), from its released ``src/models/mllmrec.py``: item-item
   graph = (kNN ``k`` on item features, denoised: similarity ``< pure`` -> 0, else 1) + (Jaccard co-occurrence
   over training users, entries equal to 1 zeroed, top-``jac_k`` per row, weighted), row-degree symmetric
@@ -31,7 +32,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from ..config import Config
@@ -47,6 +48,8 @@ __all__ = [
     "LightGCNConfig",
     "MLLMRec",
     "MLLMRecConfig",
+    "MostPop",
+    "MostPopConfig",
     "VBPRConfig",
     "bipartite_adjacency",
     "bpr_loss",
@@ -237,16 +240,19 @@ class FreedomConfig(Config):
 
 
 class MLLMRecConfig(Config):
-    """MLLMRec. ``embedding``: item multimodal-description features; ``profiles``: user preference-profile
-    features (a store with ``n_users + 1`` rows; ``None`` = ID user embeddings, the "no profiles" switch);
-    ``profile_source``: what the profiles were generated from, recorded so the leaky variant
-    (``all-interactions``) is always reported under its own name; ``knn_k``, ``pure`` (denoising threshold),
-    ``jac_k`` (co-occurrence neighbours), ``denoise``, ``cooccurrence``; ``n_ii_layers``; ``dim`` output
-    width (MLP hidden = 4 x dim)."""
+    """MLLMRec. ``embedding``: item multimodal-description features (a list of stores is concatenated);
+    ``profiles``: user preference-profile features (a store with ``n_users + 1`` rows; ``None`` = ID user
+    embeddings, the "no profiles" switch); ``profile_stand_in: item-mean`` replaces the store by a
+    deterministic stand-in computed at build time (no language model): the mean of the item features over the
+    user's profile items; ``profile_source``: what the profiles were generated from (``training`` items only,
+    or ``all-interactions``, the leaky original, always reported under that name; with the stand-in it also
+    decides which items are averaged); ``knn_k``, ``pure`` (denoising threshold), ``jac_k`` (co-occurrence
+    neighbours), ``denoise``, ``cooccurrence``; ``n_ii_layers``; ``dim`` output width (MLP hidden = 4 x dim)."""
 
     name: Literal["mllmrec"] = "mllmrec"
-    embedding: str
+    embedding: str | list[str]
     profiles: str | None = None
+    profile_stand_in: Literal["none", "item-mean"] = "none"
     profile_source: Literal["training", "all-interactions"] = "training"
     dim: int = Field(64, ge=1)
     knn_k: int = Field(10, ge=1)
@@ -256,11 +262,30 @@ class MLLMRecConfig(Config):
     cooccurrence: bool = True
     n_ii_layers: int = Field(1, ge=0)
 
+    @model_validator(mode="after")
+    def _one_profile_source(self) -> MLLMRecConfig:
+        if self.profile_stand_in != "none" and self.profiles:
+            raise ValueError("give either model.profiles (a user store) or model.profile_stand_in, not both")
+        return self
+
     def embedding_names(self) -> list[str]:
-        return [self.embedding]
+        return [self.embedding] if isinstance(self.embedding, str) else list(self.embedding)
 
     def user_embedding_names(self) -> list[str]:
         return [self.profiles] if self.profiles else []
+
+    def profile_key(self) -> str | None:
+        """The ``tensors`` key of the user-tower input (a store name, the stand-in's key, or ``None``)."""
+        if self.profile_stand_in != "none":
+            return f"{self.profile_stand_in}:{self.profile_source}"
+        return self.profiles
+
+
+class MostPopConfig(Config):
+    """Training popularity on a general split (number of training users per item; ``pop`` is the
+    leave-one-out counterpart). No options, no parameters."""
+
+    name: Literal["mostpop"] = "mostpop"
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -296,6 +321,18 @@ class GeneralModel(nn.Module):
     def score_users(self, users: Tensor, emb: tuple[Tensor, Tensor] | None = None) -> Tensor:
         U, I = emb if emb is not None else self.embeddings()
         return U[users] @ I.T
+
+
+class MostPop(GeneralModel):
+    """Every user gets the same scores: the item's number of training users (ties count against it)."""
+
+    def __init__(self, n_users: int, n_items: int, items: Tensor) -> None:
+        super().__init__()
+        self.n_users = n_users
+        self.register_buffer("counts", torch.bincount(items, minlength=n_items + 1).float()[:, None])
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        return torch.ones(self.n_users + 1, 1, device=self.counts.device), self.counts
 
 
 def _emb(n: int, d: int) -> nn.Embedding:
@@ -465,5 +502,15 @@ def build_freedom(cfg: FreedomConfig, *, n_users: int, n_items: int, users: Tens
 
 def build_mllmrec(cfg: MLLMRecConfig, *, n_users: int, n_items: int, users: Tensor, items: Tensor,
                   tensors: dict[str, Tensor]) -> MLLMRec:
-    return MLLMRec(cfg, n_users, n_items, users, items, tensors[cfg.embedding],
-                   tensors[cfg.profiles] if cfg.profiles else None)
+    key = cfg.profile_key()
+    return MLLMRec(cfg, n_users, n_items, users, items, item_features(cfg, tensors), tensors[key] if key else None)
+
+
+def item_features(cfg: MLLMRecConfig, tensors: dict[str, Tensor]) -> Tensor:
+    """MLLMRec's item input: the named store, or the named stores concatenated."""
+    return torch.cat([tensors[n].float() for n in cfg.embedding_names()], dim=1)
+
+
+def build_mostpop(cfg: MostPopConfig, *, n_users: int, n_items: int, users: Tensor, items: Tensor,
+                  tensors: dict[str, Tensor]) -> MostPop:
+    return MostPop(n_users, n_items, items)  # the split's training pairs are distinct
