@@ -20,7 +20,7 @@ from .run import BEST, CONFIG, LOG, STATE, training_sequences
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["fit_closed_form", "finish_single_fit"]
+__all__ = ["finish_single_fit", "fit_closed_form"]
 
 
 def fit_closed_form(trainer: Trainer) -> dict[str, Any]:
