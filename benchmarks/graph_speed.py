@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -42,6 +43,11 @@ def synthetic(users: int, items: int, interactions: int, seed: int = 0) -> pl.Da
     return pl.DataFrame({"user": u, "item": it, "timestamp": np.arange(interactions)})
 
 
+def _stage(msg: str) -> None:
+    """Progress on stderr (the JSON result stays alone on stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="issue")
@@ -60,15 +66,17 @@ def main() -> None:
     df = synthetic(p["users"], p["items"], p["interactions"])
     split = general_split(df, p["users"], p["items"], "random:8:1:1")
     t_data = time.perf_counter() - t0
+    _stage(f"data + split: {t_data:.1f} s ({len(split.train)} training pairs)")
     u, i = split.train.pairs()
     t0 = time.perf_counter()
     model = build_lightgcn(LightGCNConfig(n_layers=args.layers), n_users=p["users"], n_items=p["items"],
                            users=torch.from_numpy(u), items=torch.from_numpy(i), tensors={}).to(dev)
     t_graph = time.perf_counter() - t0
+    _stage(f"graph: {t_graph:.1f} s")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = TripleBatches(split.train, p["items"], args.batch, dev)
     t0 = time.perf_counter()
-    n_pairs = 0
+    n_pairs = n_b = 0
     for n_b, (users, pos, neg) in enumerate(batches.epoch(0, 0), 1):
         loss, _ = model.loss(users, pos, neg)
         opt.zero_grad()
@@ -80,9 +88,11 @@ def main() -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t_epoch = time.perf_counter() - t0
+    _stage(f"training: {n_b} batches, {n_pairs} pairs in {t_epoch:.1f} s")
     t0 = time.perf_counter()
     res = evaluate_general(model, split, "test", [10, 20], dev, args.eval_batch)
     t_eval = time.perf_counter() - t0
+    _stage(f"evaluation: {t_eval:.1f} s")
     full = len(split.train)
     print(json.dumps({
         "shape": p, "train_pairs": full, "test_users": res.metrics["n_cases"], "test_targets": len(split.test),
