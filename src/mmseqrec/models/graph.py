@@ -82,6 +82,14 @@ def bipartite_adjacency(users: Tensor, items: Tensor, n_users: int, n_items: int
     return sym_normalize(rows, cols, torch.ones(rows.numel(), device=users.device), off + n_items + 1)
 
 
+def to_csr(adj: Tensor) -> Tensor:
+    """The CSR form of a sparse matrix for repeated ``torch.sparse.mm`` (forward + backward about 2x faster
+    than COO on CPU)."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return adj.to_sparse_csr()
+
+
 def propagate(adj: Tensor, x: Tensor, n_layers: int, combine: Literal["mean", "sum"] = "mean") -> Tensor:
     """Layers ``x, A x, A^2 x, ...`` combined by mean (LightGCN) or sum (MLLMRec)."""
     out, h = x, x
@@ -361,7 +369,7 @@ class LightGCN(GeneralModel):
         self.n_users, self.n_items, self.n_layers = n_users, n_items, cfg.n_layers
         self.user = _emb(n_users + 1, cfg.dim)
         self.item = _emb(n_items + 1, cfg.dim)
-        self.register_buffer("adj", adj, persistent=False)
+        self.register_buffer("adj", to_csr(adj), persistent=False)
         self.reg_weight = cfg.reg_weight
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
@@ -399,10 +407,10 @@ class FREEDOM(GeneralModel):
         self.user = _emb(n_users + 1, cfg.dim)
         self.item = _emb(n_items + 1, cfg.dim)
         w = cfg.weights or [1.0 / len(feats)] * len(feats)
-        self.register_buffer("mm_adj", modality_graph(feats, w, cfg.knn_k), persistent=False)
+        self.register_buffer("mm_adj", to_csr(modality_graph(feats, w, cfg.knn_k)), persistent=False)
         self.register_buffer("edge_users", users, persistent=False)
         self.register_buffer("edge_items", items, persistent=False)
-        full = bipartite_adjacency(users, items, n_users, n_items)
+        full = to_csr(bipartite_adjacency(users, items, n_users, n_items))
         self.register_buffer("adj", full, persistent=False)
         self.register_buffer("train_adj", full, persistent=False)
         self.n_modal = len(feats) if cfg.mm_weight > 0 else 0
@@ -424,7 +432,7 @@ class FREEDOM(GeneralModel):
         p = (du[u] * di[i]).rsqrt()
         n_keep = max(1, int(u.numel() * (1 - self.cfg.dropout)))
         keep = torch.multinomial(p, n_keep, replacement=False, generator=generator)
-        self.train_adj = bipartite_adjacency(u[keep], i[keep], self.n_users, self.n_items)
+        self.train_adj = to_csr(bipartite_adjacency(u[keep], i[keep], self.n_users, self.n_items))
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         h = self.item.weight
