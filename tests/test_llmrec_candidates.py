@@ -124,3 +124,102 @@ def test_a_row_that_is_not_a_case_of_its_split_is_named(tmp_path):
         t = leave_one_out(seqs).test
         evaluate_ranking(lambda h, c: -c.float(), EvalSet(t.users, t.targets, t.hist_end), seqs,
                          f"candidates:file={path}", progress=False)
+
+
+def _write_impressions(data, n_neg=25, seed=0):
+    """One impression per interaction from position 2 on: the clicked item + ``n_neg`` shown items (random, may
+    include the user's other items); user 1's impressions show only 3 items (too few negatives)."""
+    ds = DatasetDir(data)
+    seqs = ds.sequences
+    rng = np.random.default_rng(seed)
+    rows = {"user": [], "item": [], "timestamp": [], "negatives": []}
+    for u in range(1, seqs.n_users + 1):
+        lo, hi = seqs.indptr[u], seqs.indptr[u + 1]
+        for a in range(lo + 2, hi):
+            rows["user"].append(u)
+            rows["item"].append(int(seqs.items[a]))
+            rows["timestamp"].append(int(seqs.timestamps[a]))
+            shown = rng.choice(np.arange(1, seqs.n_items + 1), size=3 if u == 1 else n_neg, replace=False)
+            rows["negatives"].append(shown.tolist())
+    df = pl.DataFrame(rows, schema={"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64,
+                                    "negatives": pl.List(pl.Int32)})
+    df.write_parquet(data / "impressions.parquet")
+    return df
+
+
+def test_impression_split_lists_and_errors(tmp_path):
+    from mmseqrec.llmrec.candidates import build_impression_candidate_set
+
+    data = write_cycle_dataset(tmp_path / "data", n_users=30, n_items=40, seq_len=9)
+    ds = DatasetDir(data)
+    seqs = ds.sequences
+    lists = tmp_path / "imp.parquet"
+    assert 2 == run_cli(["llmrec", "candidates", str(data), "--out", str(lists), "--split", "impression"])
+    with pytest.raises(InputError, match="no impressions.*--split user"):
+        build_impression_candidate_set(data, seqs)
+    imp = _write_impressions(data)
+    cs = build_impression_candidate_set(data, seqs, history=3, negatives=10, seed=5)
+    # eligible: position >= 3 (impressions start at position 2) and >= 10 shown negatives (not user 1)
+    n_eligible = 29 * (9 - 3)
+    assert cs.users.size == n_eligible and cs.n_skipped == imp.height - n_eligible
+    c = cs.counts()
+    assert c["train"] == int(np.floor(0.8 * n_eligible)) and c["valid"] == int(np.floor(0.1 * n_eligible))
+    assert len({s for u in set(cs.users.tolist()) for s in cs.split[cs.users == u]}) == 3  # lists, not users
+    shown = {(int(u), int(i)): set(n) for u, i, n in zip(imp["user"], imp["item"], imp["negatives"], strict=True)}
+    for r in range(cs.users.size):
+        u, t, p = int(cs.users[r]), int(cs.targets[r]), int(cs.positions[r])
+        seq = seqs.sequence(u)
+        assert seq[p] == t and cs.history[r].tolist() == seq[p - 3:p].tolist()
+        row = cs.candidates[r]
+        assert (row == t).sum() == 1 and len(set(row.tolist())) == 11
+        assert set(row[row != t].tolist()) <= shown[(u, t)]  # the impression's own shown items
+    again = build_impression_candidate_set(data, seqs, history=3, negatives=10, seed=5)
+    assert np.array_equal(again.candidates, cs.candidates) and np.array_equal(again.split, cs.split)
+    # through the CLI, the file keeps the positions
+    assert 0 == run_cli(["llmrec", "candidates", str(data), "--out", str(lists), "--split", "impression",
+                         "--history", "3", "--negatives", "10", "--seed", "5"])
+    back = read_candidate_set(lists, seqs.n_items)
+    assert np.array_equal(back.positions, cs.positions) and np.array_equal(back.candidates, cs.candidates)
+    with pytest.raises(InputError, match="--negatives"):
+        build_impression_candidate_set(data, seqs, history=3, negatives=30)
+    # an impression that is not an interaction is named by its line
+    imp.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(pl.lit(999_999, pl.Int64)).otherwise(
+        pl.col("timestamp")).alias("timestamp")).write_parquet(data / "impressions.parquet")
+    with pytest.raises(InputError, match="not an interaction") as e:
+        build_impression_candidate_set(data, seqs)
+    assert "line 5" in str(e.value)
+
+
+def test_impression_rows_are_scored_from_the_file_and_refused_by_mllm_msr(tmp_path):
+    from types import SimpleNamespace
+
+    from mmseqrec.llmrec.candidates import build_impression_candidate_set
+    from mmseqrec.llmrec.run import _score_split
+
+    data = write_cycle_dataset(tmp_path / "data", n_users=30, n_items=40, seq_len=9)
+    _write_impressions(data)
+    ds = DatasetDir(data)
+    cs = build_impression_candidate_set(data, ds.sequences, history=3, negatives=10, seed=1)
+    path = tmp_path / "imp.parquet"
+    write_candidate_set(path, cs, ds.n_items)
+    cs = read_candidate_set(path, ds.n_items)
+    # a scorer that prefers small ids: rank of the target = number of smaller ids in its list
+    scorer = SimpleNamespace(score_shared=lambda prompts: -np.asarray([float(p) for p in prompts]))
+    prompter = SimpleNamespace(cs=cs, row_of=None, prompt=lambda r, it: str(it))
+    row_of = np.full(ds.n_users + 1, -1)
+    prompter.row_of = row_of  # unused for file rows with positions (rows come from the file)
+    for name in ("valid", "test"):
+        res = _score_split(scorer, prompter, ds, str(path), name, [5])
+        rows = cs.rows(name)
+        expect = sorted((int(cs.users[i]), int(cs.targets[i]), int((cs.candidates[i] < cs.targets[i]).sum()))
+                        for i in rows)
+        assert sorted(zip(res.users.tolist(), res.targets.tolist(), res.ranks.tolist(), strict=True)) == expect
+    lm = tmp_path / "no-model"  # refused before any model is loaded
+    (data / "enrich").mkdir()
+    pl.DataFrame({"user": pl.Series(range(1, 31), dtype=pl.Int32), "text": ["likes things"] * 30,
+                  "status": ["ok"] * 30}).write_parquet(data / "enrich" / "user-preference.parquet")
+    from mmseqrec.llmrec.run import LLMRecConfig, train_llmrec
+
+    with pytest.raises(InputError, match="inside the user's training prefix"):
+        train_llmrec(LLMRecConfig(data=str(data), candidates=str(path), model=str(lm)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -19,7 +19,8 @@ def candidates_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Candidate file to write (Parquet).")],
     history: Annotated[int, typer.Option(help="History items per user (both papers: 5).")] = 5,
     negatives: Annotated[int, typer.Option(help="Random never-interacted negatives per list.")] = 20,
-    split: Annotated[str, typer.Option(help="user (8:1:1 over users, MLLM-MSR).")] = "user",
+    split: Annotated[str, typer.Option(help="user (8:1:1 over users, MLLM-MSR) | impression (8:1:1 over the "
+                                       "impression lists of DATA/impressions.parquet, MMSRARec).")] = "user",
     seed: Annotated[int, typer.Option(help="Seed of the user split, the negatives and the positive's column.")]
     = 0,
     max_users: Annotated[int | None, typer.Option(help="A seeded random subset of the eligible users (LLM inputs "
@@ -30,20 +31,30 @@ def candidates_cmd(
     on it with `mmseqrec evaluate RUN --protocol candidates:file=FILE`."""
     from ..data.dataset import DatasetDir
     from ..errors import InputError
-    from ..llmrec.candidates import build_candidate_set, write_candidate_set
+    from ..llmrec.candidates import build_candidate_set, build_impression_candidate_set, write_candidate_set
 
-    if split != "user":
-        raise InputError(f"unknown split {split!r}; only 'user' (8:1:1 over users) is implemented", field="--split")
+    if split not in ("user", "impression"):
+        raise InputError(f"unknown split {split!r}; choose user (8:1:1 over users) or impression (8:1:1 over the "
+                         "dataset's impression lists)", field="--split")
     if out.exists() and not overwrite:
         raise InputError("exists; pass --overwrite to replace it (candidate files are inputs of results)",
                          file=out)
     ds = DatasetDir(data)
-    cs = build_candidate_set(ds.sequences, history=history, negatives=negatives, seed=seed, max_users=max_users)
+    if split == "impression":
+        if max_users is not None:
+            raise InputError("--max-users applies to --split user only", field="--max-users")
+        cs = build_impression_candidate_set(ds.path, ds.sequences, history=history, negatives=negatives, seed=seed)
+        unit, why = "impressions", f"fewer than {history} earlier interactions or {negatives} shown negatives"
+    else:
+        cs = build_candidate_set(ds.sequences, history=history, negatives=negatives, seed=seed,
+                                 max_users=max_users)
+        unit, why = "users", f"fewer than {history + 2} interactions" + (
+            f", or beyond --max-users {max_users}" if max_users else "")
     sha = write_candidate_set(out, cs, ds.n_items)
     c = cs.counts()
-    typer.echo(f"wrote {out} (sha256 {sha[:12]}): {c['train']} train / {c['valid']} valid / {c['test']} test users, "
-               f"{negatives + 1} candidates each, history {history}; {cs.n_skipped} users left out (fewer than "
-               f"{history + 2} interactions" + (f", or beyond --max-users {max_users})" if max_users else ")"))
+    typer.echo(f"wrote {out} (sha256 {sha[:12]}): {c['train']} train / {c['valid']} valid / {c['test']} test "
+               f"{unit}, {negatives + 1} candidates each, history {history}; {cs.n_skipped} {unit} left out "
+               f"({why})")
 
 
 @llmrec_app.command("train")

@@ -30,7 +30,7 @@ from pydantic import ConfigDict, Field
 
 from ..config import Config
 from ..data.dataset import DatasetDir
-from ..data.split import leave_one_out
+from ..data.split import EvalSet, leave_one_out
 from ..errors import InputError, require
 from ..evaluate.candidates import read_candidates
 from ..evaluate.evaluator import RankingResult, evaluate_ranking
@@ -121,6 +121,19 @@ def load_lm(path: str | Path, device: str = "cpu"):
     return model, tok
 
 
+def _refuse_held_out_in_training_prefix(cs, ds: DatasetDir, path: str) -> None:
+    """MLLM-MSR's preference summaries cover each user's leave-one-out training prefix: a valid/test row whose
+    target lies inside that prefix (an impression-split file) would be summarised into its own prompt."""
+    seqs = ds.sequences
+    inside = (cs.split != "train") & (cs.hist_end(seqs) < seqs.indptr[cs.users + 1] - 2)
+    if inside.any():
+        i = int(np.argmax(inside))
+        raise InputError(f"{int(inside.sum())} valid/test row(s) (first: user {int(cs.users[i])}) have their target "
+                         "inside the user's training prefix, which the preference summaries cover (an impression "
+                         "split?); mllm-msr needs a --split user file (use --method mmsrarec for impression lists)",
+                         file=path, line=i + 1, field="split")
+
+
 class Prompter:
     """``prompt(row, item)`` for the rows of a candidate set, per method; ``aux(row)`` the auxiliary SFT pairs."""
 
@@ -129,6 +142,7 @@ class Prompter:
         self.row_of = np.full(ds.n_users + 1, -1, dtype=np.int64)
         self.row_of[cs.users] = np.arange(cs.users.size)
         if cfg.method == "mllm-msr":
+            _refuse_held_out_in_training_prefix(cs, ds, cfg.candidates)
             self.texts: PromptTexts | None = load_prompt_texts(ds, cs.users)  # every user needs a summary
             self.kw = None
             self.sources: dict[str, Any] = dict(self.texts.sources)
@@ -158,12 +172,29 @@ class Prompter:
         return [] if self.kw is None else self.kw.aux(row)
 
 
+def _evalset(cs, ds: DatasetDir, split_name: str, path: str) -> EvalSet:
+    """The file's rows of ``split_name`` as evaluation cases (history ends at each row's ``position``); a file
+    without positions (older files: leave-one-out rows) uses the leave-one-out cases."""
+    if cs.positions is None:
+        return getattr(leave_one_out(ds.sequences), split_name)
+    rows = cs.rows(split_name)
+    seqs = ds.sequences
+    hist_end = cs.hist_end(seqs)[rows]
+    ok = (cs.positions[rows] >= 0) & (hist_end < seqs.indptr[cs.users[rows] + 1])
+    ok[ok] = seqs.items[hist_end[ok]] == cs.targets[rows][ok]
+    if not ok.all():
+        i = int(rows[np.argmin(ok)])
+        raise InputError(f"user {int(cs.users[i])}: the item at position {int(cs.positions[i])} is not the target "
+                         f"{int(cs.targets[i])} (was the file built from another dataset?)", file=path,
+                         line=i + 1, field="position")
+    return EvalSet(cs.users[rows], cs.targets[rows], hist_end, name=split_name)
+
+
 def _score_split(scorer: YesNoScorer, prompter: Prompter, ds: DatasetDir, cand_path: str, split_name: str,
                  ks: list[int]) -> RankingResult:
     """Score the file's rows of ``split_name`` (one shared-prefix forward per user) and rank them with the one
     evaluator, under ``candidates:file=PATH``."""
-    split = leave_one_out(ds.sequences)
-    evalset = getattr(split, split_name)
+    evalset = _evalset(prompter.cs, ds, split_name, cand_path)
     lists = read_candidates(cand_path, evalset.users, evalset.targets, ds.n_users, ds.n_items, split=split_name)
     users = evalset.users[lists.cases]
     rows = prompter.row_of[users]
