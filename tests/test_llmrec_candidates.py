@@ -205,9 +205,12 @@ def test_impression_rows_are_scored_from_the_file_and_refused_by_mllm_msr(tmp_pa
     cs = read_candidate_set(path, ds.n_items)
     # a scorer that prefers small ids: rank of the target = number of smaller ids in its list
     scorer = SimpleNamespace(score_shared=lambda prompts: -np.asarray([float(p) for p in prompts]))
-    prompter = SimpleNamespace(cs=cs, row_of=None, prompt=lambda r, it: str(it))
-    row_of = np.full(ds.n_users + 1, -1)
-    prompter.row_of = row_of  # unused for file rows with positions (rows come from the file)
+
+    def prompt(r, it):  # each list is prompted from its own file row (a user has several rows)
+        assert it in cs.candidates[r]
+        return str(it)
+
+    prompter = SimpleNamespace(cs=cs, row_of=None, prompt=prompt)
     for name in ("valid", "test"):
         res = _score_split(scorer, prompter, ds, str(path), name, [5])
         rows = cs.rows(name)

@@ -81,10 +81,15 @@ def train_cmd(
     max_train_users: Annotated[int | None, typer.Option(help="Subsample of training users (seeded).")] = None,
     max_length: Annotated[int, typer.Option(help="Tokens per SFT example (prompt cut from the left).")] = 1024,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    eval_every: Annotated[int, typer.Option(help="Score the valid lists every N SFT steps for model selection "
+                                            "(0: after every epoch; epoch ends are always scored).")] = 0,
+    select_metric: Annotated[str, typer.Option(help="Valid metric that selects the adapter kept (AUC, HR@5, "
+                                               "NDCG@5, MRR@5, ...).")] = "AUC",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
 ) -> None:
-    """LoRA SFT of a chat LM on the yes/no prompt, then yes/no scoring of the file's valid and test lists; writes
-    the run-directory contract (config.yaml, adapter/ safetensors, metrics.json, ranks.parquet)."""
+    """LoRA SFT of a chat LM (or an image-text-to-text model: the candidates' images enter the prompt) on the
+    yes/no prompt, keeping the adapter with the best valid score, then yes/no scoring of the file's valid and
+    test lists; writes the run-directory contract (config.yaml, adapter/ safetensors, metrics.json, ranks.parquet)."""
     from ..errors import InputError
     from ..llmrec.run import LLMRecConfig, train_llmrec
 
@@ -93,7 +98,8 @@ def train_cmd(
     cfg = LLMRecConfig(method=method, retriever=None if retriever is None else str(retriever),
                        similar_users=similar_users, multitask=multitask, data=str(data), candidates=str(candidates), model=model, seed=seed,
                        epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r,
-                       max_train_users=max_train_users, max_length=max_length, device=device)
+                       max_train_users=max_train_users, max_length=max_length, device=device,
+                       eval_every=eval_every, select_metric=select_metric)
     rec = train_llmrec(cfg, out, overwrite=overwrite)
     _print(rec, out)
 
