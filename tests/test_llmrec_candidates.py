@@ -47,6 +47,9 @@ def test_lists_never_hold_an_interacted_item_and_split_is_8_1_1():
     again = build_candidate_set(seqs, history=5, negatives=20, seed=7)
     assert np.array_equal(again.candidates, cs.candidates) and np.array_equal(again.split, cs.split)
     assert not np.array_equal(build_candidate_set(seqs, history=5, negatives=20, seed=8).candidates, cs.candidates)
+    only = build_candidate_set(seqs, history=5, negatives=20, seed=7, only_users=np.arange(1, 21))
+    assert set(only.users.tolist()) == set(cs.users.tolist()) & set(range(1, 21))
+    assert only.n_skipped == seqs.n_users - only.users.size
     sub = build_candidate_set(seqs, history=5, negatives=20, seed=7, max_users=10)
     assert sub.users.size == 10 and set(sub.users.tolist()) <= set(cs.users.tolist())
     assert sub.n_skipped == seqs.n_users - 10 and sum(sub.counts().values()) == 10
@@ -89,6 +92,12 @@ def test_sasrec_run_scored_on_the_file_through_the_cli(tmp_path):
     lists = tmp_path / "lists.parquet"
     assert 0 == run_cli(["llmrec", "candidates", str(data), "--out", str(lists), "--seed", "3"])
     assert 2 == run_cli(["llmrec", "candidates", str(data), "--out", str(lists)])  # exists: refused
+    (data / "enrich").mkdir()
+    pl.DataFrame({"user": pl.Series(range(1, 11), dtype=pl.Int32), "text": ["likes x"] * 10,
+                  "status": ["ok"] * 9 + ["failed"]}).write_parquet(data / "enrich" / "user-preference.parquet")
+    sub = tmp_path / "with-pref.parquet"
+    assert 0 == run_cli(["llmrec", "candidates", str(data), "--out", str(sub), "--with-preferences"])
+    assert sorted(read_candidate_set(sub).users.tolist()) == list(range(1, 10))
     run = tmp_path / "run"
     assert 0 == run_cli(["train", "--data", str(data), "--model", "sasrec", "--out", str(run), "--epochs", "2",
                          "--device", "cpu", "--set", "model.n_layers=1"])

@@ -25,10 +25,15 @@ def candidates_cmd(
     = 0,
     max_users: Annotated[int | None, typer.Option(help="A seeded random subset of the eligible users (LLM inputs "
                                                   "cost a generation per user).")] = None,
+    with_preferences: Annotated[bool, typer.Option(help="Only users with a preference summary in "
+                                                   "DATA/enrich/user-preference.parquet (summaries generated "
+                                                   "for a subset, e.g. `enrich --limit N`).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Per user a history of n items, 1 positive + N never-interacted negatives, users split 8:1:1; score any run
     on it with `mmseqrec evaluate RUN --protocol candidates:file=FILE`."""
+    import numpy as np
+
     from ..data.dataset import DatasetDir
     from ..errors import InputError
     from ..llmrec.candidates import build_candidate_set, build_impression_candidate_set, write_candidate_set
@@ -46,10 +51,17 @@ def candidates_cmd(
         cs = build_impression_candidate_set(ds.path, ds.sequences, history=history, negatives=negatives, seed=seed)
         unit, why = "impressions", f"fewer than {history} earlier interactions or {negatives} shown negatives"
     else:
+        only = None
+        if with_preferences:
+            from ..llmrec.prompts import load_preferences
+
+            pref = load_preferences(ds)
+            only = np.asarray([u for u in range(1, ds.n_users + 1) if pref[u]], dtype=np.int64)
         cs = build_candidate_set(ds.sequences, history=history, negatives=negatives, seed=seed,
-                                 max_users=max_users)
+                                 max_users=max_users, only_users=only)
         unit, why = "users", f"fewer than {history + 2} interactions" + (
-            f", or beyond --max-users {max_users}" if max_users else "")
+            f", or beyond --max-users {max_users}" if max_users else "") + (
+            ", or without a preference summary" if with_preferences else "")
     sha = write_candidate_set(out, cs, ds.n_items)
     c = cs.counts()
     typer.echo(f"wrote {out} (sha256 {sha[:12]}): {c['train']} train / {c['valid']} valid / {c['test']} test "

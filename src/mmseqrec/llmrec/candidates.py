@@ -90,12 +90,13 @@ class CandidateSet:
 
 
 def build_candidate_set(seqs: SequenceData, history: int = 5, negatives: int = 20, seed: int = 0,
-                        ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), max_users: int | None = None
-                        ) -> CandidateSet:
+                        ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), max_users: int | None = None,
+                        only_users: np.ndarray | None = None) -> CandidateSet:
     """Split the eligible users 8:1:1 (seeded permutation) and draw their lists (see the module docstring).
 
     ``max_users`` keeps a seeded random subset of the eligible users first (LLM inputs such as preference summaries
-    cost a generation per user); the users left out are counted in ``n_skipped``.
+    cost a generation per user); ``only_users`` restricts the eligible users to a set (e.g. those with a
+    preference summary); the users left out are counted in ``n_skipped``.
     """
     if history < 1:
         raise InputError(f"the history must hold at least 1 item, got {history}", field="--history")
@@ -106,6 +107,8 @@ def build_candidate_set(seqs: SequenceData, history: int = 5, negatives: int = 2
     lengths = seqs.lengths[: seqs.n_users + 1]
     eligible = np.nonzero(lengths >= history + 2)[0].astype(np.int64)
     eligible = eligible[eligible > 0]
+    if only_users is not None:
+        eligible = eligible[np.isin(eligible, np.asarray(only_users, dtype=np.int64))]
     if eligible.size < 3:
         raise InputError(f"only {eligible.size} users have at least {history + 2} interactions (history {history} "
                          "+ validation + test); use a shorter --history", field="--history")
