@@ -95,6 +95,9 @@ def test_enrich_tune_grpo_end_to_end(tmp_path, lm_dir):
             "--tune-items", "2"]
     assert 2 == run_cli([*base[:3], "item-summary", *base[4:]])  # only the keyword task is tuned
     assert 2 == run_cli([*base, "--reward-weights", "1,2"])
+    assert 2 == run_cli([*base[:4], "--backend", "echo", *base[8:]])  # no local model to tune
+    assert 2 == run_cli([*base, "--tune-steps", "0"])
+    assert not (data / "enrich" / "models").exists()
     assert 0 == run_cli(base)
     (tuned,) = (data / "enrich" / "models").iterdir()
     assert tuned.name.startswith("item-keywords-grpo-") and (tuned / "grpo.json").exists()
