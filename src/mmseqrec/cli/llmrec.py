@@ -79,7 +79,7 @@ def train_cmd(
                                        "'smollm2' (offline SmolLM2-135M-Instruct).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
     method: Annotated[str, typer.Option(help="mllm-msr (preference summaries) | mmsrarec (item keywords + "
-                                        "similar users from --retriever, multi-task SFT; no GRPO yet).")]
+                                        "similar users from --retriever, multi-task SFT; keywords GRPO-tuned by `enrich --tune grpo`).")]
     = "mllm-msr",
     retriever: Annotated[Path | None, typer.Option(help="mmsrarec: a trained SASRec run on the same dataset.")]
     = None,
