@@ -235,3 +235,32 @@ def test_impression_rows_are_scored_from_the_file_and_refused_by_mllm_msr(tmp_pa
     with pytest.raises(InputError, match="inside the user's training prefix"):
         train_llmrec(LLMRecConfig(data=str(data), candidates=str(path), model=str(lm)), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_file_without_positions_is_scored_on_the_leave_one_out_cases(tmp_path):
+    from types import SimpleNamespace
+
+    from mmseqrec.llmrec.run import _score_split
+
+    data = write_cycle_dataset(tmp_path / "data", n_users=40, n_items=30, seq_len=9)
+    ds = DatasetDir(data)
+    cs = build_candidate_set(ds.sequences, history=3, negatives=8, seed=4)
+    new, old = tmp_path / "new.parquet", tmp_path / "old.parquet"
+    write_candidate_set(new, cs, ds.n_items)
+    pl.read_parquet(new).drop("position").write_parquet(old)  # a file written before the position column
+    scorer = SimpleNamespace(score_shared=lambda prompts: -np.asarray([float(p) for p in prompts]))
+    for path in (new, old):
+        back = read_candidate_set(path, ds.n_items)
+        assert (back.positions is None) == (path == old)
+        row_of = np.full(ds.n_users + 1, -1)
+        row_of[back.users] = np.arange(back.users.size)
+
+        def prompt(r, it, back=back):
+            assert it in back.candidates[r]
+            return str(it)
+
+        res = _score_split(scorer, SimpleNamespace(cs=back, row_of=row_of, prompt=prompt), ds, str(path), "test",
+                           [5])
+        rows = cs.rows("test")
+        assert sorted(zip(res.users.tolist(), res.ranks.tolist(), strict=True)) == sorted(
+            (int(cs.users[i]), int((cs.candidates[i] < cs.targets[i]).sum())) for i in rows)
