@@ -53,10 +53,26 @@ def enrich_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads (offline default: half the cores).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    tune: Annotated[str, typer.Option(help="item-keywords: none, or grpo (MMSRARec: tune the keyword summariser "
+                                      "with TRL's GRPOTrainer on alpha R_info + beta R_recon + gamma R_len first, "
+                                      "then generate with the tuned model; needs the llm extra).")] = "none",
+    tune_steps: Annotated[int, typer.Option(help="--tune grpo: optimiser steps.")] = 20,
+    tune_items: Annotated[int, typer.Option(help="--tune grpo: items (text-view prompts) tuned on.")] = 64,
+    reward_weights: Annotated[str, typer.Option(help="--tune grpo: alpha,beta,gamma.")] = "1.0,0.01,0.05",
+    engine: Annotated[str, typer.Option(help="local (one process, SQLite cache; default) | ray (a Ray Data "
+                                        "pipeline by shard, local Ray or a cluster; needs the optional extra named cluster).")]
+    = "local",
+    ray_address: Annotated[str | None, typer.Option(help="ray: cluster address (default $RAY_ADDRESS, else a "
+                                                    "local Ray).")] = None,
+    ray_cpus: Annotated[int | None, typer.Option(help="ray: CPUs of the local Ray (default all).")] = None,
+    shard_size: Annotated[int, typer.Option(help="ray: output rows per shard (the unit of resumption).")] = 1000,
+    actors: Annotated[int, typer.Option(help="ray: generation actors (one backend each).")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(help="ray: GPUs per generation actor (vllm: 1).")] = 0.0,
 ) -> None:
     """Generate item descriptions / views / keywords or user preferences into DATA/enrich/TASK.parquet.
 
-    Resumable: finished generations live in DATA/enrich/cache.sqlite and are never recomputed. Exits 1 when
+    Resumable: finished generations live in DATA/enrich/cache.sqlite (--engine ray: in finished shards under
+    DATA/enrich/TASK.shards/) and are never recomputed. Exits 1 when
     no generation succeeded; stops early (exit 2) when the backend cannot be reached or fails many in a row.
     """
 
@@ -67,12 +83,16 @@ def enrich_cmd(
         "task": task, "limit": limit, "retry_failed": retry_failed, "mode": mode, "block_size": block_size,
         "max_consecutive_failures": max_consecutive_failures,
         "max_history": max_history, "image_kind": image_kind, "category": category,
-        "profile_source": profile_source,
+        "profile_source": profile_source, "engine": engine,
+        "ray": {"address": ray_address, "num_cpus": ray_cpus, "shard_size": shard_size, "actors": actors,
+                "gpus_per_actor": gpus_per_actor},
         "backend": {"backend": backend, "model": model, "revision": revision, "batch_size": batch_size,
                     "device": device, "threads": threads, "max_pixels": max_pixels, "api_base": api_base, "api_key_env": api_key_env,
                     "concurrency": concurrency, "timeout_s": timeout, "retries": retries,
                     "decoding": {"max_new_tokens": max_new_tokens, "temperature": temperature}},
     }, source="command line")
+    if tune != "none":
+        cfg = _tune(data, cfg, tune, tune_steps, tune_items, reward_weights, device)
     res = run_enrich(data, cfg, progress=progress)
     print_summary(res)
     if res.counts["ok"] == 0 and res.counts["failed"] > 0:
@@ -82,6 +102,27 @@ def enrich_cmd(
         Console(stderr=True).print(f"[bold red]error:[/] no generation succeeded ({res.counts['failed']} failed); "
                                    f"first reasons: {reasons}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _tune(data: Path, cfg, tune: str, steps: int, items: int, weights: str, device: str):
+    """``--tune grpo``: the enrich config generating with the GRPO-tuned keyword summariser."""
+    from ..config import validate_config
+    from ..embed.encoders import resolve_device
+    from ..errors import InputError
+    from ..llmrec.grpo import GRPOTuneConfig, tune_for_enrich
+
+    if tune != "grpo":
+        raise InputError(f"unknown --tune {tune!r}; choose none or grpo", field="--tune")
+    try:
+        alpha, beta, gamma = (float(x) for x in weights.split(","))
+    except ValueError:
+        raise InputError(f"expected three comma-separated numbers alpha,beta,gamma, got {weights!r}",
+                         field="--reward-weights") from None
+    gcfg = validate_config(GRPOTuneConfig, {"steps": steps, "items": items, "alpha": alpha, "beta": beta,
+                                            "gamma": gamma}, source="command line")
+    cfg, out, reused = tune_for_enrich(data, cfg, gcfg, device=resolve_device(device))
+    typer.echo(f"{'reused' if reused else 'tuned'} keyword summariser (GRPO): {out}")
+    return cfg
 
 
 def print_summary(res) -> None:
@@ -113,6 +154,12 @@ def print_summary(res) -> None:
     if run["failed_from_cache"]:
         lines.append(f"{run['failed_from_cache']} failure(s) served from the cache (--keep-failed); run without "
                      "that flag to generate them again")
+    if eng := info.get("engine"):
+        for b in eng["rounds"]:
+            block = f" block {b['round'] + 1}" if len(eng["rounds"]) > 1 else ""
+            lines.append(f"ray{block}: {b['shards']} shard(s), {len(b['run'])} run ({len(b['partial'])} only in "
+                         f"part), {len(b['reused'])} finished earlier, {len(b['from_cache'])} from the cache; "
+                         f"shards in {eng['work_dir']}")
     if info.get("stand_in"):
         lines.append(f"note: {info['stand_in']}")
     lines.append(f"wrote {res.parquet}")
