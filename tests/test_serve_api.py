@@ -84,6 +84,10 @@ def test_empty_history_is_400_or_labelled_popularity(client, served):
     ({"history": ["i01"], "k": 0}, 422, "k"),
     ({"history": ["i01"], "k": 10_000}, 422, "k"),
     ({"history": ["i01"], "k": "ten"}, 422, "k"),
+    ({"history": ["i01"], "k": True}, 422, "k"),
+    ({"history": ["i01"], "exclude_history": "yes"}, 422, "exclude_history"),
+    ({"history": ["i01"], "user": 7}, 422, "user"),
+    ({"history": [], "user": "nobody"}, 404, "nobody"),
     ({"history": "i01"}, 422, "history"),
     ({"history": [1, 2]}, 422, "history"),
     ({"k": 3}, 422, "history"),
@@ -180,3 +184,43 @@ def test_serve_command_refuses_bad_options_with_one_line(served, tmp_path, capsy
     assert "once per run" in capsys.readouterr().err
     assert run_cli(["serve", f"a={paths['sasrec']}", f"a={paths['gru4rec']}"]) == 2
     assert "two runs named 'a'" in capsys.readouterr().err
+
+
+def test_api_docs_load_their_assets_locally(served, monkeypatch, caplog):
+    import re
+
+    monkeypatch.setenv("MMSEQREC_API_KEY", "k")  # the docs and their files stay open
+    c = TestClient(create_app(served[1]), raise_server_exceptions=False)
+    for page, n_assets in (("/docs", 2), ("/redoc", 1)):
+        html = c.get(page)
+        assert html.status_code == 200
+        urls = [u for u in re.findall(r'(?:src|href)="([^"]+)"', html.text) if not u.endswith(".png")]
+        assert len(urls) >= n_assets and all(u.startswith("/docs-assets/") for u in urls), urls
+        for u in urls:
+            r = c.get(u)
+            assert r.status_code == 200 and len(r.content) > 10_000, u
+    assert "/openapi.json" in c.get("/docs").text and c.get("/openapi.json").status_code == 200
+    assert "cdn" not in c.get("/docs").text.lower()
+    # without the package that ships the files: the CDN, with a logged notice
+    from mmseqrec.serve import docs
+
+    monkeypatch.setattr(docs, "_asset_dir", lambda: None)
+    with caplog.at_level("WARNING", logger="mmseqrec.serve"):
+        c = TestClient(create_app(served[1]), raise_server_exceptions=False)
+    assert "fastapi-offline is not installed" in caplog.text
+    assert "cdn.jsdelivr.net" in c.get("/docs").text
+
+
+def test_key_redactor_keeps_the_key_out_of_access_logs(caplog):
+    """A client that puts the key in the URL: uvicorn's access record (args: client, method, path, version,
+    status) is logged with the key replaced (mmseqrec serve installs the filter on uvicorn's loggers)."""
+    import logging
+
+    from mmseqrec.serve.app import KeyRedactor
+
+    log = logging.getLogger("test.uvicorn.access")
+    log.addFilter(KeyRedactor("s3cret-key"))
+    with caplog.at_level("INFO", logger="test.uvicorn.access"):
+        log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/runs?api_key=s3cret-key", "1.1", 401)
+        log.info("key s3cret-key in a message")
+    assert "s3cret-key" not in caplog.text and caplog.text.count("***") == 2 and "/runs?api_key=***" in caplog.text

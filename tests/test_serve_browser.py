@@ -2,7 +2,8 @@
 
 Needs the system browser (Debian: ``apt-get install chromium chromium-driver``; ``.ci/run`` installs it) and the
 ``browser`` extra (selenium); skipped with the reason otherwise. ``MMSEQREC_SCREENSHOT=PATH`` saves a screenshot
-of the side-by-side view (docs/serve-page.png is made so).
+of the side-by-side view (docs/serve-page.png is made so) and of SASRec beside an LLM recommender re-ranking its
+top-10 (PATH with ``-llm`` before the suffix).
 """
 
 from __future__ import annotations
@@ -34,6 +35,25 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from serve_fixtures import build_served
 
 
+def _llm_run(root: Path, paths: dict) -> Path | None:
+    """A tiny MLLM-MSR run (random Llama) on the served dataset, or None without the llm extras."""
+    try:
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return None
+    from serve_fixtures import run_cli
+
+    from mmseqrec.llmrec.random_lm import build_random_lm
+
+    lm = build_random_lm(root / "lm", seed=1)
+    lists, out = root / "lists.parquet", root / "llm"
+    assert run_cli(["llmrec", "candidates", str(paths["data"]), "--out", str(lists), "--max-users", "30"]) == 0
+    assert run_cli(["llmrec", "train", "--data", str(paths["data"]), "--candidates", str(lists), "--model", str(lm),
+                    "--out", str(out), "--max-train-users", "2", "--max-length", "400"]) == 0
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,7 +62,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    paths = build_served(tmp_path_factory.mktemp("browser"))
+    root = tmp_path_factory.mktemp("browser")
+    paths = build_served(root)
+    llm = _llm_run(root, paths)
     port = _free_port()
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -50,7 +72,9 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("log") / "server.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "mmseqrec", "serve", f"SASRec={paths['sasrec']}",
-                                 f"GRU4Rec={paths['gru4rec']}", "--port", str(port)], stdout=fh, stderr=fh, env=env)
+                                 f"GRU4Rec={paths['gru4rec']}", *([f"LLM={llm}"] if llm else []), "--port",
+                                 str(port), "--candidates-from", "SASRec", "--n-candidates", "10"],
+                                stdout=fh, stderr=fh, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -135,7 +159,32 @@ def test_page_side_by_side_for_a_test_user(server, browser):
 
 def test_page_shows_a_clear_error_for_an_empty_history(server, browser):
     browser.get(server + "/")
-    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runA option")) == 2)
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runA option")) >= 2)
     browser.find_element(By.ID, "go").click()
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#msg .error"))
     assert "empty history" in browser.find_element(By.CSS_SELECTOR, "#msg .error").text
+
+
+def test_page_shows_the_llm_reranking_and_the_preference_it_used(server, browser):
+    browser.get(server + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#users option")) > 1)
+    if not browser.find_elements(By.CSS_SELECTOR, "#runB option[value=LLM]"):
+        pytest.skip("no LLM run (the llm extra, peft + transformers, is not installed)")
+    Select(browser.find_element(By.ID, "runB")).select_by_value("LLM")
+    Select(browser.find_element(By.ID, "users")).select_by_index(2)
+    wait.until(lambda d: _cards_loaded(d, 2))
+    panel = browser.find_element(By.CSS_SELECTOR, "#results section.panel[data-run=LLM]")
+    assert "LLM re-rank of run:SASRec top-10" in panel.find_element(By.CSS_SELECTOR, ".badge").text
+    pref = panel.find_element(By.CSS_SELECTOR, ".run-pref").text
+    assert "enrich/user-preference.parquet" in pref  # the picked user's stored summary, not a stand-in
+    assert 0 < len(panel.find_elements(By.CSS_SELECTOR, ".card")) <= 8
+    shot = os.environ.get("MMSEQREC_SCREENSHOT")
+    if shot:  # docs/serve-page.png -> docs/serve-page-llm.png
+        browser.save_screenshot(str(Path(shot).with_name(Path(shot).stem + "-llm.png")))
+
+
+def test_api_docs_render_offline(server, browser):
+    browser.get(server + "/docs")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock"))
+    assert "/recommend" in browser.find_element(By.CSS_SELECTOR, "#swagger-ui").text

@@ -53,10 +53,20 @@ def enrich_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads (offline default: half the cores).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    engine: Annotated[str, typer.Option(help="local (one process, SQLite cache; default) | ray (a Ray Data "
+                                        "pipeline by shard, local Ray or a cluster; needs the optional extra named cluster).")]
+    = "local",
+    ray_address: Annotated[str | None, typer.Option(help="ray: cluster address (default $RAY_ADDRESS, else a "
+                                                    "local Ray).")] = None,
+    ray_cpus: Annotated[int | None, typer.Option(help="ray: CPUs of the local Ray (default all).")] = None,
+    shard_size: Annotated[int, typer.Option(help="ray: output rows per shard (the unit of resumption).")] = 1000,
+    actors: Annotated[int, typer.Option(help="ray: generation actors (one backend each).")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(help="ray: GPUs per generation actor (vllm: 1).")] = 0.0,
 ) -> None:
     """Generate item descriptions / views / keywords or user preferences into DATA/enrich/TASK.parquet.
 
-    Resumable: finished generations live in DATA/enrich/cache.sqlite and are never recomputed. Exits 1 when
+    Resumable: finished generations live in DATA/enrich/cache.sqlite (--engine ray: in finished shards under
+    DATA/enrich/TASK.shards/) and are never recomputed. Exits 1 when
     no generation succeeded; stops early (exit 2) when the backend cannot be reached or fails many in a row.
     """
 
@@ -67,7 +77,9 @@ def enrich_cmd(
         "task": task, "limit": limit, "retry_failed": retry_failed, "mode": mode, "block_size": block_size,
         "max_consecutive_failures": max_consecutive_failures,
         "max_history": max_history, "image_kind": image_kind, "category": category,
-        "profile_source": profile_source,
+        "profile_source": profile_source, "engine": engine,
+        "ray": {"address": ray_address, "num_cpus": ray_cpus, "shard_size": shard_size, "actors": actors,
+                "gpus_per_actor": gpus_per_actor},
         "backend": {"backend": backend, "model": model, "revision": revision, "batch_size": batch_size,
                     "device": device, "threads": threads, "max_pixels": max_pixels, "api_base": api_base, "api_key_env": api_key_env,
                     "concurrency": concurrency, "timeout_s": timeout, "retries": retries,
@@ -113,6 +125,12 @@ def print_summary(res) -> None:
     if run["failed_from_cache"]:
         lines.append(f"{run['failed_from_cache']} failure(s) served from the cache (--keep-failed); run without "
                      "that flag to generate them again")
+    if eng := info.get("engine"):
+        for b in eng["rounds"]:
+            block = f" block {b['round'] + 1}" if len(eng["rounds"]) > 1 else ""
+            lines.append(f"ray{block}: {b['shards']} shard(s), {len(b['run'])} run ({len(b['partial'])} only in "
+                         f"part), {len(b['reused'])} finished earlier, {len(b['from_cache'])} from the cache; "
+                         f"shards in {eng['work_dir']}")
     if info.get("stand_in"):
         lines.append(f"note: {info['stand_in']}")
     lines.append(f"wrote {res.parquet}")

@@ -142,10 +142,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("recommend")
     def recommend_cmd(
-        run: Annotated[Path, typer.Argument(help="Run directory written by `mmseqrec train`.")],
+        run: Annotated[Path, typer.Argument(help="Run directory written by `mmseqrec train` or `mmseqrec llmrec "
+                                            "train`.")],
         history: Annotated[str | None, typer.Option(help="Original item ids, oldest first, comma-separated.")]
         = None,
-        user: Annotated[str | None, typer.Option(help="General models: an original user id.")] = None,
+        user: Annotated[str | None, typer.Option(help="General models: an original user id (scored by its row); LLM "
+                                                 "recommenders: whose stored preference summary the prompt uses.")]
+        = None,
         k: Annotated[int, typer.Option("-k", "--k", help="Number of items (at least 1).")] = 10,
         include_seen: Annotated[bool, typer.Option(help="Allow items of the history.")] = False,
         cold: Annotated[str, typer.Option(help="No known history id: 'error' (default) or 'popularity' (the most "
@@ -153,28 +156,39 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
         data: Annotated[Path | None, typer.Option(help="Dataset directory (default: the run's).")] = None,
         force: Annotated[bool, typer.Option(help="Use --data even if it is not the run's dataset.")] = False,
+        candidates_from: Annotated[str, typer.Option(help="LLM recommenders: the candidate stage they re-rank, "
+                                                     "'popularity' or a run DIR (its top-N for the same history).")]
+        = "popularity",
+        n_candidates: Annotated[int, typer.Option(help="LLM recommenders: candidates re-ranked.")] = 20,
     ) -> None:
         """Print the top-K items with scores for a history of original item ids."""
-        from ..serve.general import GeneralRecommender, is_general_run
-        from ..serve.recommend import recommend
+        from ..serve.llmrec import is_llmrec_run
+        from ..serve.recommend import load_recommender
 
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}", field="-k")
         items = [h.strip() for h in (history or "").split(",") if h.strip()]
-        if is_general_run(run):
-            res = GeneralRecommender(run, data_dir=data, force=force)(items, k=k, exclude_seen=not include_seen,
-                                                                       cold=cold, user=user)
-        elif user is not None:
-            raise InputError("--user needs a general model run (bpr, lightgcn, vbpr, freedom, mllmrec)",
-                             field="--user")
-        else:
-            res = recommend(run, items, k=k, exclude_seen=not include_seen, cold=cold,  # type: ignore[arg-type]
-                            data_dir=data, force=force)
+        llm = {}
+        if is_llmrec_run(run):
+            stage = candidates_from if candidates_from == "popularity" else load_recommender(
+                candidates_from, data_dir=data, force=force)
+            llm = {"candidates_from": stage, "n_candidates": n_candidates}
+        rec = load_recommender(run, data_dir=data, force=force, **llm)
+        if user is not None and not getattr(rec, "takes_user", False):
+            raise InputError("--user needs a general model run (bpr, lightgcn, vbpr, freedom, mllmrec) or an LLM "
+                             "recommender run", field="--user")
+        res = rec(items, k=k, exclude_seen=not include_seen, cold=cold, **({"user": user} if user else {}))
         if as_json:
-            typer.echo(json.dumps({"source": res.source,
+            typer.echo(json.dumps({"source": res.source, "candidates": res.candidates, "preference": res.preference,
                                    "items": [{"item_id": i, "title": t, "score": s} for i, t, s in res.items],
                                    "unknown": res.unknown}))
             return
+        if res.candidates:
+            c = res.candidates
+            console.print(f"re-ranked candidates: {c['stage']} top-{c['n']} ({c['n_scored']} scored)",
+                          highlight=False)
+        if res.preference:
+            console.print(f"preference ({res.preference['source']}): {res.preference['text']}", highlight=False)
         if res.unknown:
             console.print(f"[yellow]unknown item ids (ignored):[/] {', '.join(res.unknown)}", highlight=False)
         pop = res.source == "popularity"

@@ -50,7 +50,7 @@ from .tasks import (
     plan_task,
 )
 
-__all__ = ["EnrichAborted", "EnrichBusy", "EnrichConfig", "EnrichSummary", "output_paths", "run_enrich"]
+__all__ = ["EnrichAborted", "EnrichBusy", "EnrichConfig", "EnrichSummary", "RayOptions", "output_paths", "run_enrich"]
 
 
 class EnrichAborted(MmseqrecError):
@@ -61,10 +61,23 @@ class EnrichBusy(MmseqrecError):
     """Another run of the same task on the same dataset holds the task lock."""
 
 
+class RayOptions(Config):
+    """``engine: ray`` only (:mod:`.ray_engine`)."""
+
+    address: str | None = None  # a Ray cluster (ray://HOST:10001 or auto); None: $RAY_ADDRESS, else a local Ray
+    num_cpus: int | None = Field(None, ge=1)  # CPUs of a local Ray started for the run (None: all)
+    shard_size: int = Field(1000, ge=1)  # output rows (jobs) per shard: the unit of resumption
+    actors: int = Field(1, ge=1)  # generation actors (one backend each)
+    cpus_per_actor: float = Field(1.0, ge=0)
+    gpus_per_actor: float = Field(0.0, ge=0)  # e.g. 1 for --backend vllm
+
+
 class EnrichConfig(Config):
     """One enrichment run."""
 
     task: str
+    engine: Literal["local", "ray"] = "local"  # local: one process + the SQLite cache; ray: Ray Data, by shard
+    ray: RayOptions = RayOptions()
     backend: BackendConfig = BackendConfig()
     limit: int | None = Field(None, ge=1)
     retry_failed: bool = True  # failures cached by earlier runs are generated again (False: served from cache)
@@ -108,6 +121,16 @@ class _Pending:
     note: str | None
 
 
+def step_key(info: Any, uses_context: bool, decoding: str, template_id: str, template_version: str, prompt: str,
+             image_sha: str | None, context: dict[str, str] | None = None) -> str:
+    """Cache key of one step; the item context is part of the input for text-grounded backends (offline, echo)."""
+    if context and uses_context:
+        prompt = prompt + "\x00" + json.dumps(context, sort_keys=True)
+    return make_key(backend=info.backend, model_id=info.model_id, model_revision=info.model_revision,
+                    template_id=template_id, template_version=template_version, decoding=decoding,
+                    prompt=prompt, image_sha256=image_sha)
+
+
 def _sha(b: bytes | None) -> str | None:
     return hashlib.sha256(b).hexdigest() if b is not None else None
 
@@ -124,13 +147,8 @@ class _Runner:
         self.first_reasons: list[str] = []
 
     def key(self, step_tpl, prompt: str, image_sha: str | None, context: dict[str, str] | None = None) -> str:
-        """Cache key; the item context is part of the input for text-grounded backends (offline, echo)."""
-        i = self.backend.info
-        if context and getattr(self.backend, "uses_context", False):
-            prompt = prompt + "\x00" + json.dumps(context, sort_keys=True)
-        return make_key(backend=i.backend, model_id=i.model_id, model_revision=i.model_revision,
-                        template_id=step_tpl.id, template_version=step_tpl.version, decoding=self.decoding,
-                        prompt=prompt, image_sha256=image_sha)
+        return step_key(self.backend.info, getattr(self.backend, "uses_context", False), self.decoding,
+                        step_tpl.id, step_tpl.version, prompt, image_sha, context)
 
     def _resolve(self, job: int, st: Step) -> _Pending | str:
         """Key a step; image steps read their bytes. Without a usable image a step falls back to its text
@@ -299,6 +317,7 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
         The run configuration.
     backend
         An already built backend (default: built from ``cfg.backend``; models load only on a cache miss).
+        ``cfg.engine == "ray"`` hands the run to :func:`.ray_engine.run_enrich_ray` (no ``backend`` then).
     progress
         Show rich progress bars (items/s and ETA).
 
@@ -310,55 +329,98 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
     EnrichBusy
         Another run of the same task on the same dataset is in progress.
     """
+    if cfg.engine == "ray":
+        from .ray_engine import run_enrich_ray
+
+        if backend is not None:
+            raise ValueError("engine ray builds a backend in each actor: pass a factory to run_enrich_ray")
+        return run_enrich_ray(data, cfg, progress=progress)
     t0 = time.perf_counter()
     ds = DatasetDir(data)
-    kind, kind_source = (cfg.image_kind, "--image-kind") if cfg.image_kind else default_image_kind(ds)
-    opt = TaskOptions(mode=cfg.mode, block_size=cfg.block_size, max_history=cfg.max_history,
-                      image_kind=kind, limit=cfg.limit, category=cfg.category,
-                      profile_source=cfg.profile_source)
-    jobs, notes = plan_task(ds, cfg.task, opt)
+    jobs, notes, kind, kind_source = plan_jobs(ds, cfg)
     backend = backend if backend is not None else make_backend(cfg.backend)
-    parquet, summary_path, cache_path = output_paths(ds.path, output_name(cfg.task, cfg.profile_source))
-    final: dict[int, tuple[CacheEntry, str | None]] = {}
-    failed_at: dict[int, str] = {}
-    skipped_at: dict[int, str] = {}
+    _, _, cache_path = output_paths(ds.path, output_name(cfg.task, cfg.profile_source))
+    out = Outcome()
     with task_lock(ds.path, cfg.task), EnrichCache(cache_path) as cache, _progress(progress) as bar:
         runner = _Runner(ds, cfg, backend, cache, progress)
-        prev: dict[int, str | None] = {j: None for j in range(len(jobs))}
         n_rounds = max((j.n_steps for j in jobs), default=0)
         try:
             for r in range(n_rounds):
-                active = [j for j, job in enumerate(jobs) if job.n_steps > r and j not in failed_at]
-                units = [(j, jobs[j].make_step(r, prev[j])) for j in active]
+                active = [j for j, job in enumerate(jobs) if job.n_steps > r and j not in out.failed_at]
+                units = [(j, jobs[j].make_step(r, out.prev.get(j))) for j in active]
                 label = cfg.task if n_rounds == 1 else f"{cfg.task} block {r + 1}/{n_rounds}"
                 task_id = bar.add_task(label, total=len(units)) if bar is not None else None
                 results: dict[int, tuple[CacheEntry | None, str | None]] = {}
                 runner.run_round(units, results, bar, task_id)
-                for j in active:
-                    e, note = results[j]
-                    if e is None:
-                        skipped_at[j] = note or "skipped"
-                    elif e.status == "ok":
-                        prev[j] = e.text
-                        final[j] = (e, note)
-                    else:
-                        failed_at[j] = f"step {r + 1}/{jobs[j].n_steps}: " if jobs[j].n_steps > 1 else ""
-                        final[j] = (e, note)
+                out.apply_round(r, jobs, results)
         except (EnrichAborted, BackendUnavailable) as exc:
             info = backend.info
             raise EnrichAborted(
                 f"enrich {cfg.task} stopped ({info.backend}: {info.model_id}): {exc}. Nothing exported "
                 f"({runner.generated - runner.failed_now} generation(s) of this run are kept in {cache_path}); "
                 "fix the backend and run again (failed items are retried)") from None
-    df = _rows(jobs, final, failed_at, skipped_at, ds)
+    counters = RunCounters(runner.generated, runner.cached, runner.failed_now, runner.failed_cached,
+                           runner.generated_jobs)
+    return export(ds, cfg, jobs, notes, (kind, kind_source), out, backend.info, counters, t0)
+
+
+def plan_jobs(ds: DatasetDir, cfg: EnrichConfig) -> tuple[list[Job], dict[str, str], str, str]:
+    """The jobs of ``cfg.task`` on ``ds`` (:func:`.tasks.plan_task`), its notes, and the image kind with where it
+    came from."""
+    kind, kind_source = (cfg.image_kind, "--image-kind") if cfg.image_kind else default_image_kind(ds)
+    opt = TaskOptions(mode=cfg.mode, block_size=cfg.block_size, max_history=cfg.max_history,
+                      image_kind=kind, limit=cfg.limit, category=cfg.category,
+                      profile_source=cfg.profile_source)
+    jobs, notes = plan_task(ds, cfg.task, opt)
+    return jobs, notes, kind, kind_source
+
+
+@dataclass
+class Outcome:
+    """Per job: the final entry (with its note), where it failed, why it was skipped, the previous step's text."""
+
+    final: dict[int, tuple[CacheEntry, str | None]] = field(default_factory=dict)
+    failed_at: dict[int, str] = field(default_factory=dict)
+    skipped_at: dict[int, str] = field(default_factory=dict)
+    prev: dict[int, str | None] = field(default_factory=dict)
+
+    def apply_round(self, r: int, jobs: list[Job], results: dict[int, tuple[CacheEntry | None, str | None]]) -> None:
+        """Record step ``r`` of every job in ``results`` (``(None, reason)``: skipped; a failure ends the job)."""
+        for j, (e, note) in results.items():
+            if e is None:
+                self.skipped_at[j] = note or "skipped"
+            elif e.status == "ok":
+                self.prev[j] = e.text
+                self.final[j] = (e, note)
+            else:
+                self.failed_at[j] = f"step {r + 1}/{jobs[j].n_steps}: " if jobs[j].n_steps > 1 else ""
+                self.final[j] = (e, note)
+
+
+@dataclass
+class RunCounters:
+    """What one run did: generated (failed among them), served from earlier work (failures among them)."""
+
+    generated: int = 0
+    cached: int = 0
+    failed_now: int = 0
+    failed_cached: int = 0
+    generated_jobs: set[int] = field(default_factory=set)
+
+
+def export(ds: DatasetDir, cfg: EnrichConfig, jobs: list[Job], notes: dict[str, str], image_kind: tuple[str, str],
+           out: Outcome, info: Any, n: RunCounters, t0: float, extra: dict[str, Any] | None = None) -> EnrichSummary:
+    """Write ``DATA/enrich/<task>.parquet`` and ``<task>.json`` atomically (the one export of every engine)."""
+    parquet, summary_path, _ = output_paths(ds.path, output_name(cfg.task, cfg.profile_source))
+    kind, kind_source = image_kind
+    df = _rows(jobs, out.final, out.failed_at, out.skipped_at, ds)
     counts = dict(Counter(df["status"].to_list()))
     summary = EnrichSummary(cfg.task, parquet, {k: counts.get(k, 0) for k in ("ok", "failed", "skipped")},
-                            runner.generated, runner.cached, runner.failed_now, time.perf_counter() - t0,
-                            failed_cached=runner.failed_cached)
-    info = backend.info
+                            n.generated, n.cached, n.failed_now, time.perf_counter() - t0,
+                            failed_cached=n.failed_cached)
     used = sorted(set(df["template_id"].drop_nulls().to_list()))
     unit = "item" if is_item_task(cfg.task) else "user"
-    gen_units = len({jobs[j].row[unit] for j in runner.generated_jobs})
+    gen_units = len({jobs[j].row[unit] for j in n.generated_jobs})
     secs = max(summary.seconds, 1e-9)
     summary.info = {
         "task": cfg.task, "rows": df.height, "counts": summary.counts,
@@ -366,10 +428,10 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
         "views": _view_counts(df) if "view" in df.columns else None,
         "skipped_reasons": _reason_counts(df, "skipped"),
         "failure_reasons": _reason_counts(df, "failed"),
-        "this_run": {"generated": runner.generated, "from_cache": runner.cached, "failed": runner.failed_now,
-                     "failed_from_cache": runner.failed_cached, f"{unit}s_generated": gen_units,
+        "this_run": {"generated": n.generated, "from_cache": n.cached, "failed": n.failed_now,
+                     "failed_from_cache": n.failed_cached, f"{unit}s_generated": gen_units,
                      "seconds": round(summary.seconds, 3), f"{unit}s_per_s": round(gen_units / secs, 4),
-                     "generations_per_s": round(runner.generated / secs, 4)},
+                     "generations_per_s": round(n.generated / secs, 4)},
         "backend": info.backend, "model_id": info.model_id, "model_revision": info.model_revision,
         "decoding": json.loads(cfg.backend.decoding.key()),
         "templates": [TEMPLATES[t].metadata() for t in used],
@@ -381,6 +443,7 @@ def run_enrich(data: str | Path, cfg: EnrichConfig, backend: Backend | None = No
         "stand_in": ("offline = EfficientNet-Lite0 tags + SmolLM2-135M, a lightweight stand-in for an MLLM"
                      if info.backend == "offline" else
                      "echo = template-only text, no model" if info.backend == "echo" else None),
+        **(extra or {}),
     }
     with atomic_path(parquet) as tmp:
         df.write_parquet(tmp)

@@ -2,9 +2,11 @@
 
 Endpoints (OpenAPI docs at ``/docs``): ``POST /recommend``, ``GET /items``, ``GET /items/{id}``,
 ``GET /items/{id}/image``, ``GET /users``, ``GET /users/{id}``, ``GET /runs``, ``GET /health``, and the web page at
-``/``. Every recommendation goes through :class:`~mmseqrec.serve.recommend.Recommender` or, for general
-(user-item) runs, :class:`~mmseqrec.serve.general.GeneralRecommender`, which take the same call (the same seam as
-``mmseqrec recommend``), so sequential, closed-form and general runs are served alike.
+``/`` (``/docs`` and ``/redoc`` from local files, :mod:`.docs`). Every recommendation goes through the recommender
+that :func:`~mmseqrec.serve.recommend.load_recommender` picks for the run (sequential and closed-form:
+:class:`~mmseqrec.serve.recommend.Recommender`; general: :class:`~mmseqrec.serve.general.GeneralRecommender`;
+LLM recommenders: :class:`~mmseqrec.serve.llmrec.LLMRecommender`, which re-ranks a named candidate stage), all
+with the same call (the same seam as ``mmseqrec recommend``).
 
 Bad input is a 4xx with a one-line ``detail`` (422: malformed body; 400: a valid body the run cannot answer, e.g.
 an empty history without ``cold: "popularity"``; 404: unknown item/user/run; 413: body over the size limit;
@@ -15,19 +17,42 @@ open. The key is never logged.
 
 
 import hmac
+import logging
 import os
 from importlib import resources
 from typing import Any, Literal
 
 from ..errors import MmseqrecError, require
 
-__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "MAX_HISTORY", "MAX_K", "create_app"]
+__all__ = ["API_KEY_ENV", "MAX_BODY_BYTES", "MAX_HISTORY", "MAX_K", "KeyRedactor", "create_app"]
 
 API_KEY_ENV = "MMSEQREC_API_KEY"
 MAX_BODY_BYTES = 64 * 1024
 MAX_HISTORY = 1000
 MAX_K = 1000
 _OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
+_OPEN_PREFIXES = ("/docs-assets/",)  # mmseqrec.serve.docs.ASSETS
+
+
+class KeyRedactor(logging.Filter):
+    """A logging filter that replaces the API key with ``***`` in a record's message and arguments: the key is
+    only read from a header, but a client that puts it in the URL (``?api_key=...``) would otherwise have it written
+    to the access log. ``mmseqrec serve`` installs it on uvicorn's loggers."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+
+    def _clean(self, value: Any) -> Any:
+        return value.replace(self.key, "***") if isinstance(value, str) and self.key in value else value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._clean(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._clean(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self._clean(v) for k, v in record.args.items()}
+        return True
 
 
 class _BodyLimit:
@@ -88,6 +113,7 @@ def create_app(recommenders: dict[str, Any], api_key: str | None = None, title: 
     from pydantic import BaseModel, ConfigDict, Field
 
     from .catalog import Catalog
+    from .docs import add_docs
 
     if not recommenders:
         raise ValueError("no runs to serve")
@@ -101,7 +127,7 @@ def create_app(recommenders: dict[str, Any], api_key: str | None = None, title: 
     key = os.environ.get(API_KEY_ENV) if api_key is None else api_key
 
     class RecommendRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)  # no "k": true or "exclude_history": "yes"
         history: list[str] = Field(..., max_length=MAX_HISTORY,
                                    description="Original item ids, oldest first (unknown ids are reported).")
         k: int = Field(10, ge=1, le=MAX_K, description="Number of items.")
@@ -110,17 +136,22 @@ def create_app(recommenders: dict[str, Any], api_key: str | None = None, title: 
         cold: Literal["error", "popularity"] = Field(
             "error", description="A history with no known item: 400 (error) or the most popular training items, "
                                  "labelled source=popularity.")
+        user: str | None = Field(None, max_length=200, description=(
+            "A dataset user id (see /users): an empty history becomes the user's history (all but the held-out "
+            "item); general runs score the user's row, LLM recommenders use the user's stored preference summary."))
 
     def check_key(request: Request) -> None:
         path = request.url.path
-        if not key or path in _OPEN_PATHS or (path.startswith("/items/") and path.endswith("/image")):
+        if not key or path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES) or (
+                path.startswith("/items/") and path.endswith("/image")):
             return  # the page, health, docs and item images (loaded by <img> tags, which send no header)
         given = request.headers.get("x-api-key", "")
         if not hmac.compare_digest(given.encode(), key.encode()):
             raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
 
     app = fastapi.FastAPI(title=title, description="Multimodal sequential recommendation service.",
-                          dependencies=[Depends(check_key)])
+                          dependencies=[Depends(check_key)], docs_url=None, redoc_url=None)
+    add_docs(app, title)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -160,21 +191,32 @@ def create_app(recommenders: dict[str, Any], api_key: str | None = None, title: 
 
     @app.post("/recommend")
     def recommend(req: RecommendRequest) -> dict[str, Any]:
-        """Top-``k`` items for ``history`` with title, score, image URL, dataset text and MLLM outputs."""
+        """Top-``k`` items for ``history`` with title, score, image URL, dataset text and MLLM outputs.
+
+        ``source``: ``model`` or ``popularity`` (no known history and ``cold: "popularity"``). LLM-recommender runs
+        re-rank a candidate list: ``candidates`` names its stage (``popularity`` or ``run:NAME``) and size, and
+        ``preference`` holds the preference text the prompt used, with its source; both are ``null`` otherwise.
+        """
         name, rec = _rec(req.run)
-        if req.cold == "error" and not any(h in catalog.index for h in req.history):
-            what = "empty history" if not req.history else "none of the history ids is in the catalogue"
+        history = list(req.history)
+        if req.user is not None:
+            if req.user not in catalog.user_index:
+                raise HTTPException(404, f"unknown user id {req.user!r}; see GET /users")
+            history = history or catalog.user_history(catalog.user_index[req.user])
+        if req.cold == "error" and not any(h in catalog.index for h in history):
+            what = "empty history" if not history else "none of the history ids is in the catalogue"
             raise HTTPException(400, f"{what}: nothing to condition on; send item ids from GET /items, or "
                                      'cold: "popularity" for the most popular training items')
-        res = rec(list(req.history), req.k, req.exclude_history, req.cold)
+        extra = {"user": req.user} if req.user is not None and getattr(rec, "takes_user", False) else {}
+        res = rec(history, req.k, req.exclude_history, req.cold, **extra)
         items = []
         for rank, (item_id, _title, score) in enumerate(res.items, 1):
             card = catalog.item(catalog.index[item_id])
             card.update(rank=rank, score=score)
             items.append(card)
-        return {"run": name, "source": getattr(res, "source", "model"), "k": req.k,
-                "exclude_history": req.exclude_history, "history": res.history, "unknown": res.unknown,
-                "items": items}
+        return {"run": name, "source": res.source, "candidates": res.candidates, "preference": res.preference,
+                "k": req.k, "exclude_history": req.exclude_history, "user": req.user, "history": res.history,
+                "unknown": res.unknown, "items": items}
 
     @app.get("/items")
     def items(query: str = Query("", max_length=200, description="Case-insensitive title substring."),
@@ -217,6 +259,8 @@ def create_app(recommenders: dict[str, Any], api_key: str | None = None, title: 
 
 
 def _run_info(name: str, rec: Any) -> dict[str, Any]:
+    if hasattr(rec, "describe"):
+        return {"name": name, **rec.describe()}
     cfg = rec.run.config
     search = getattr(rec, "search", None)
     return {"name": name, "path": str(rec.run.path), "model": cfg.model.name,

@@ -39,6 +39,8 @@ def is_general_run(run_dir: str | Path) -> bool:
 class GeneralRecommender:
     """A loaded general run answering many queries (item table computed once)."""
 
+    takes_user = True  # the serve app passes a request's ``user`` on
+
     def __init__(self, run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None,
                  force: bool = False) -> None:
         from ..train.general import load_general_run

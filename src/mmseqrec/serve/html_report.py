@@ -5,8 +5,9 @@ Sections: the results table (an experiment folder's ``results.csv`` as written b
 directories the seed aggregate of :func:`mmseqrec.evaluate.report.aggregate_runs` and the paired comparison of
 :func:`mmseqrec.evaluate.report.compare_runs` against the first run), training curves from each run's
 ``log.jsonl``, the long-tail breakdown (:func:`mmseqrec.evaluate.longtail.longtail_for_split`) and example
-recommendations with item images, made by the same :class:`~mmseqrec.serve.recommend.Recommender` as
-``mmseqrec recommend`` and ``mmseqrec serve``. Nothing is re-scored: numbers come from the run files.
+recommendations with item images, made by the same recommender as ``mmseqrec recommend`` and ``mmseqrec serve``
+(:func:`~mmseqrec.serve.recommend.load_recommender`; LLM-recommender runs re-rank the training-popularity top-20,
+labelled). Nothing is re-scored: numbers come from the run files.
 """
 
 from __future__ import annotations
@@ -164,6 +165,15 @@ def _runs_table(runs: list[Path]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- curves, long tail
+def _train_loss(row: dict) -> float | None:
+    """The training loss of a ``log.jsonl`` line: the trainer's ``loss.rec`` (or ``loss.loss``), or an LLM
+    recommender's ``sft_loss``."""
+    loss = row.get("loss")
+    if isinstance(loss, dict):
+        return loss.get("rec", loss.get("loss"))
+    return row.get("sft_loss", loss)
+
+
 def _curves(runs: list[Path], names: dict[Path, str]) -> str:
     import matplotlib
 
@@ -184,8 +194,7 @@ def _curves(runs: list[Path], names: dict[Path, str]) -> str:
     fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(11 if metric else 5.5, 3.4), squeeze=False)
     for r, rows in logs.items():
         ep = [x["epoch"] for x in rows]
-        axes[0][0].plot(ep, [x["loss"].get("rec", x["loss"].get("loss")) for x in rows], marker=".",
-                        label=names[r])
+        axes[0][0].plot(ep, [_train_loss(x) for x in rows], marker=".", label=names[r])
         if metric:
             axes[0][1].plot(ep, [(x.get("valid") or {}).get(metric) for x in rows], marker=".", label=names[r])
     axes[0][0].set(xlabel="epoch", ylabel="training loss (rec)", title="training loss")
@@ -208,9 +217,13 @@ def _longtail(run: Path, preset: str) -> str:
     from ..data.split import leave_one_out
     from ..evaluate.longtail import longtail_for_split
     from ..train.config import load_experiment
+    from .llmrec import is_llmrec_run
 
     if not (run / "ranks.parquet").exists():
         return f"<p class='note'>{_e(run.name)}: no ranks.parquet.</p>"
+    if is_llmrec_run(run):
+        return (f"<p class='note'>{_e(run.name)}: an LLM-recommender run, ranked on its candidate lists (users split "
+                "8:1:1), not on the leave-one-out split the breakdown uses.</p>")
     cfg = load_experiment(run / "config.yaml")
     if cfg.data.path is None or not Path(cfg.data.path).exists():
         return f"<p class='note'>{_e(run.name)}: dataset {_e(cfg.data.path)} not found.</p>"
@@ -222,17 +235,17 @@ def _longtail(run: Path, preset: str) -> str:
 # ---------------------------------------------------------------------------------------------- examples
 def _examples(runs: list[Path], names: dict[Path, str], n_users: int, k: int) -> str:
     from .catalog import Catalog
-    from .recommend import Recommender
+    from .recommend import load_recommender
 
-    recs = []
+    recs: list[tuple[Path, Any]] = []
     for r in runs[:4]:
         try:
-            recs.append((r, Recommender(r)))
+            recs.append((r, load_recommender(r)))
         except Exception as exc:  # noqa: BLE001 - a run that cannot be loaded is named, the report goes on
             recs.append((r, exc))
-    loaded = [(r, x) for r, x in recs if isinstance(x, Recommender)]
+    loaded = [(r, x) for r, x in recs if not isinstance(x, Exception)]
     out = [f"<p class='note'>{_e(names[r])}: could not load ({_e(x)})</p>" for r, x in recs
-           if not isinstance(x, Recommender)]
+           if isinstance(x, Exception)]
     if not loaded:
         return "\n".join(out)
     cat = Catalog(loaded[0][1].run.dataset)
@@ -262,11 +275,14 @@ def _examples(runs: list[Path], names: dict[Path, str], n_users: int, k: int) ->
             block.append(f"<p class='note'><b>{_e(task)}</b>: {_e(text[:300])}</p>")
         for r, rec in loaded:
             try:
-                res = rec(info["history"], k)
+                extra = {"user": info["user_id"]} if getattr(rec, "takes_user", False) else {}
+                res = rec(info["history"], k, **extra)
             except InputError as exc:
                 block.append(f"<p class='note'>{_e(names[r])}: {_e(exc)}</p>")
                 continue
-            block.append(f"<p><b>{_e(names[r])}</b></p><div class='cards'>"
+            stage = (f" <span class='note'>(re-rank of {_e(res.candidates['stage'])} top-{res.candidates['n']})"
+                     "</span>" if res.candidates else "")
+            block.append(f"<p><b>{_e(names[r])}</b>{stage}</p><div class='cards'>"
                          + "".join(card(i, s, i == info["held_out"]) for i, _, s in res.items) + "</div>")
         out.append("".join(block) + "</div>")
     return "\n".join(out)

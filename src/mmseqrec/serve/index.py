@@ -101,8 +101,9 @@ def attach_index(recommender: object, kind: str = "auto", threshold: int = FAISS
     indexable = hasattr(model, "user_states") and hasattr(model, "item_matrix")
     n_items = int(recommender.run.dataset.n_items)  # type: ignore[attr-defined]
     if kind == "faiss" and not indexable:
-        raise InputError(f"{type(model).__name__} does not score by an inner product with item vectors; "
-                         "serve it with --index exact", field="--index")
+        what = ("an LLM recommender re-ranks a candidate list" if hasattr(recommender, "n_candidates") else
+                f"{type(model).__name__} does not score by an inner product with item vectors")
+        raise InputError(f"{what}; serve it with --index exact", field="--index")
     if kind == "exact" or not indexable or (kind == "auto" and n_items < threshold):
         recommender.search = None  # type: ignore[attr-defined]
         return {"kind": "exact"}

@@ -16,8 +16,8 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["COLD_POLICIES", "RecommendResult", "Recommender", "cold_start_error", "item_tables", "recommend",
-           "split_query", "top_k"]
+__all__ = ["COLD_POLICIES", "RecommendResult", "Recommender", "cold_start_error", "item_tables", "load_recommender",
+           "recommend", "split_query", "top_k", "training_popularity"]
 
 COLD_POLICIES = ("error", "popularity")
 
@@ -27,13 +27,17 @@ class RecommendResult:
     """``items``: ``(original item id, title, score)`` best first; ``unknown``: ids not in the catalogue.
 
     ``source`` is ``"model"`` (scores are the model's) or ``"popularity"`` (no known history: scores are training
-    interaction counts).
+    interaction counts). ``candidates``: the candidate stage a re-ranking model (an LLM recommender) scored
+    (``{"stage", "n", "n_scored"}``), ``None`` for models that score the whole catalogue; ``preference``: the
+    user-preference text the model's prompt held (``{"text", "source"}``), when the method uses one.
     """
 
     items: list[tuple[str, str, float]]
     unknown: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
     source: Literal["model", "popularity"] = "model"
+    candidates: dict | None = None
+    preference: dict | None = None
 
 
 def split_query(index: dict[str, int], history: list[str], k: int, cold: str) -> tuple[list[int], list[str]]:
@@ -71,6 +75,30 @@ def item_tables(ds) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
     return ds.item_index(), ids, np.asarray([""] + titles if titles else [""] * ids.size, dtype=object)
 
 
+def training_popularity(dataset, min_len: int = 3) -> torch.Tensor:
+    """Training interactions per item id of ``dataset`` (leave-one-out training prefixes; index 0 = padding), as
+    the popularity baseline counts them."""
+    from ..data.split import leave_one_out
+    from ..train.run import item_popularity
+
+    sp = leave_one_out(dataset.sequences, min_len)
+    return torch.from_numpy(item_popularity(sp.seqs, sp.train_end)).double()
+
+
+def load_recommender(run_dir: str | Path, device: str | None = "cpu", data_dir: str | Path | None = None,
+                     force: bool = False, **llm: object):
+    """The recommender of the serve seam for any run directory: :class:`Recommender` (sequential and closed-form
+    runs), :class:`~.general.GeneralRecommender` (general runs) or :class:`~.llmrec.LLMRecommender` (runs of
+    ``mmseqrec llmrec train``; ``llm`` holds its ``candidates_from``, ``n_candidates``, ``candidates_name``)."""
+    from .general import GeneralRecommender, is_general_run
+    from .llmrec import LLMRecommender, is_llmrec_run
+
+    if is_llmrec_run(run_dir):
+        return LLMRecommender(run_dir, device=device, data_dir=data_dir, force=force, **llm)  # type: ignore[arg-type]
+    kind = GeneralRecommender if is_general_run(run_dir) else Recommender
+    return kind(run_dir, device=device, data_dir=data_dir, force=force)
+
+
 class Recommender:
     """A loaded run that answers many queries (loads the checkpoint and the item table once)."""
 
@@ -87,11 +115,7 @@ class Recommender:
     def popularity(self) -> torch.Tensor:
         """Training interactions per item id (index 0 = padding), as used by the popularity baseline."""
         if self._popularity is None:
-            from ..data.split import leave_one_out
-            from ..train.run import item_popularity
-
-            sp = leave_one_out(self.run.dataset.sequences, self.run.config.data.min_len)
-            self._popularity = torch.from_numpy(item_popularity(sp.seqs, sp.train_end)).double()
+            self._popularity = training_popularity(self.run.dataset, self.run.config.data.min_len)
         return self._popularity
 
     def _model_scores(self, ids: torch.Tensor, need: int) -> torch.Tensor:
