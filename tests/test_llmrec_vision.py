@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -122,11 +123,12 @@ def test_a_vlm_without_chat_template_is_refused(tmp_path):
         load_vlm(path)
 
 
-def test_llmrec_train_run_with_item_images(tmp_path):
-    vlm_dir = build_random_vlm(tmp_path / "llava", arch="llava", seed=4)
-    data = write_cycle_dataset(tmp_path / "data", n_users=30, n_items=25, seq_len=8)
+def write_image_dataset(root: Path) -> Path:
+    """A 30-user, 25-item cycle dataset with a PNG per item but items 24 and 25 (no image: text prompt, counted)
+    and a stored preference summary per user; also used by tests/test_serve_llmrec_vision.py."""
+    data = write_cycle_dataset(root / "data", n_users=30, n_items=25, seq_len=8)
     (data / "img").mkdir()
-    for i in range(1, 24):  # items 24 and 25 have no image (text prompt, counted)
+    for i in range(1, 24):
         _image(i).save(data / "img" / f"{i}.png")
     items = pl.read_parquet(data / "items.parquet")
     items.with_columns(pl.Series("image", [f"img/{i}.png" if i < 24 else None for i in items["item"]])
@@ -134,6 +136,12 @@ def test_llmrec_train_run_with_item_images(tmp_path):
     (data / "enrich").mkdir()
     pl.DataFrame({"user": pl.Series(range(1, 31), dtype=pl.Int32), "text": ["likes small items"] * 30,
                   "status": ["ok"] * 30}).write_parquet(data / "enrich" / "user-preference.parquet")
+    return data
+
+
+def test_llmrec_train_run_with_item_images(tmp_path):
+    vlm_dir = build_random_vlm(tmp_path / "llava", arch="llava", seed=4)
+    data = write_image_dataset(tmp_path)
     lists = tmp_path / "lists.parquet"
     assert 0 == run_cli(["llmrec", "candidates", str(data), "--out", str(lists), "--negatives", "5"])
     run = tmp_path / "run"
