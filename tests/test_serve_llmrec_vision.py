@@ -110,3 +110,16 @@ def test_recommend_command_counts_the_prompts_with_images(vision_run, capsys):
     assert run_cli(["recommend", str(vision_run["run"]), "--history", hist, "-k", "2", "--n-candidates", "25"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "(6 scored; 4 with the item's image, 2 text only)" in out
+
+
+def test_the_image_cache_is_bounded(vision_run, monkeypatch):
+    import mmseqrec.serve.llmrec as served
+
+    rec = vision_run["rec"]
+    monkeypatch.setattr(served, "_IMAGE_CACHE", 3)
+    first, _ = rec.prompts([1, 2], np.arange(3, 9))
+    assert len(rec.images.cache) >= 6
+    again, _ = rec.prompts([1, 2], np.arange(3, 9))  # cleared, decoded again: the same prompts
+    assert len(rec.images.cache) == 6
+    assert [(p.text, np.asarray(p.image).tobytes()) for p in again] == [(p.text, np.asarray(p.image).tobytes())
+                                                                        for p in first]

@@ -42,6 +42,9 @@ __all__ = ["N_CANDIDATES", "LLMRecommender", "is_llmrec_run"]
 N_CANDIDATES = 20
 #: history items whose titles stand in for the summary of an ad-hoc history (MLLM-MSR)
 _TITLE_HISTORY = 10
+#: decoded item images kept between queries (image runs); beyond it the cache starts again (<= 448x448 RGB each,
+#: about 0.6 MB: a long-running server must not end up holding the whole catalogue's images)
+_IMAGE_CACHE = 512
 
 
 def is_llmrec_run(run_dir: str | Path) -> bool:
@@ -200,6 +203,8 @@ class LLMRecommender:
         For a run on an image-text-to-text model each prompt is a :class:`~mmseqrec.llmrec.vision.VisionPrompt`
         carrying the candidate's image, as :class:`~mmseqrec.llmrec.run.Prompter` builds them in evaluation (an
         item without a usable image keeps the text prompt)."""
+        if self.images is not None and len(self.images.cache) > _IMAGE_CACHE:
+            self.images.cache.clear()
         images = ([None] * len(candidates) if self.images is None else
                   [self.images.get(int(i)) for i in candidates])
         if self.texts is not None:
