@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -122,11 +123,14 @@ def test_a_vlm_without_chat_template_is_refused(tmp_path):
         load_vlm(path)
 
 
-def test_llmrec_train_run_with_item_images(tmp_path):
-    vlm_dir = build_random_vlm(tmp_path / "llava", arch="llava", seed=4)
-    data = write_cycle_dataset(tmp_path / "data", n_users=30, n_items=25, seq_len=8)
+def train_image_run(root: Path, max_train_users: int = 3) -> dict[str, Path]:
+    """An ``llmrec train`` run (MLLM-MSR, one epoch) of a tiny random LLaVA on a 30-user, 25-item cycle dataset with
+    a PNG per item but items 24 and 25 (no image: text prompt, counted) and a stored preference summary per user:
+    ``{"data", "lists", "run"}``; also used by tests/test_serve_llmrec_vision.py."""
+    vlm_dir = build_random_vlm(root / "llava", arch="llava", seed=4)
+    data = write_cycle_dataset(root / "data", n_users=30, n_items=25, seq_len=8)
     (data / "img").mkdir()
-    for i in range(1, 24):  # items 24 and 25 have no image (text prompt, counted)
+    for i in range(1, 24):
         _image(i).save(data / "img" / f"{i}.png")
     items = pl.read_parquet(data / "items.parquet")
     items.with_columns(pl.Series("image", [f"img/{i}.png" if i < 24 else None for i in items["item"]])
@@ -134,11 +138,17 @@ def test_llmrec_train_run_with_item_images(tmp_path):
     (data / "enrich").mkdir()
     pl.DataFrame({"user": pl.Series(range(1, 31), dtype=pl.Int32), "text": ["likes small items"] * 30,
                   "status": ["ok"] * 30}).write_parquet(data / "enrich" / "user-preference.parquet")
-    lists = tmp_path / "lists.parquet"
+    lists = root / "lists.parquet"
     assert 0 == run_cli(["llmrec", "candidates", str(data), "--out", str(lists), "--negatives", "5"])
-    run = tmp_path / "run"
+    run = root / "run"
     assert 0 == run_cli(["llmrec", "train", "--data", str(data), "--candidates", str(lists), "--model", str(vlm_dir),
-                         "--out", str(run), "--max-train-users", "3", "--epochs", "1", "--batch-size", "2"])
+                         "--out", str(run), "--max-train-users", str(max_train_users), "--epochs", "1",
+                         "--batch-size", "2"])
+    return {"data": data, "lists": lists, "run": run}
+
+
+def test_llmrec_train_run_with_item_images(tmp_path):
+    run = train_image_run(tmp_path)["run"]
     m = json.loads((run / "metrics.json").read_text())
     assert m["inference"]["images"] is True and m["inference"]["forwards_per_user"] == 1.0
     assert m["test"]["n_cases"] == 3 and m["valid"]["n_cases"] == 3

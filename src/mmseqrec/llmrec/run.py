@@ -39,7 +39,8 @@ from .candidates import read_candidate_set
 from .prompts import PromptTexts, load_prompt_texts
 from .scoring import YesNoScorer, collate_sft, encode_sft
 
-__all__ = ["LLMRecConfig", "Prompter", "evaluate_llmrec", "load_lm", "resolve_model", "train_llmrec"]
+__all__ = ["Backbone", "ItemImages", "LLMRecConfig", "Prompter", "evaluate_llmrec", "load_lm", "resolve_model",
+           "train_llmrec"]
 
 CONFIG, ADAPTER, LOG, METRICS, RANKS = "config.yaml", "adapter", "log.jsonl", "metrics.json", "ranks.parquet"
 
@@ -141,7 +142,7 @@ def _refuse_held_out_in_training_prefix(cs, ds: DatasetDir, path: str) -> None:
                          file=path, line=i + 1, field="split")
 
 
-class _ItemImages:
+class ItemImages:
     """Item images (the dataset's ``image`` column) decoded once, resized within ``max_pixels``."""
 
     def __init__(self, ds: DatasetDir, max_pixels: int = 448 * 448) -> None:
@@ -174,7 +175,7 @@ class Prompter:
 
     def __init__(self, cfg: LLMRecConfig, ds: DatasetDir, cs) -> None:
         self.cs = cs
-        self.images: _ItemImages | None = None  # set for image-text-to-text models
+        self.images: ItemImages | None = None  # set for image-text-to-text models
         self.row_of = np.full(ds.n_users + 1, -1, dtype=np.int64)
         self.row_of[cs.users] = np.arange(cs.users.size)
         if cfg.method == "mllm-msr":
@@ -362,7 +363,7 @@ def train_llmrec(cfg: LLMRecConfig, out: str | Path, *, overwrite: bool = False,
     rng = np.random.default_rng(cfg.seed)
     bb = Backbone(model_dir, cfg.device)
     if bb.vision:
-        prompter.images = _ItemImages(ds)
+        prompter.images = ItemImages(ds)
     lora = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                            target_modules=bb.lora_targets, task_type="CAUSAL_LM")
     model = peft.get_peft_model(bb.model, lora)
@@ -476,7 +477,7 @@ def evaluate_llmrec(run_dir: str | Path, device: str | None = None) -> dict[str,
     prompter = Prompter(cfg, ds, cs)
     bb = Backbone(model_dir or resolve_model(cfg.model), cfg.device)
     if bb.vision:
-        prompter.images = _ItemImages(ds)
+        prompter.images = ItemImages(ds)
     model = peft.PeftModel.from_pretrained(bb.model, run / ADAPTER).eval()
     old = json.loads((run / METRICS).read_text()) if (run / METRICS).exists() else {}
     return _evaluate(run, cfg, bb, model, ds, prompter, {"train_seconds": old.get("train_seconds"),

@@ -35,6 +35,7 @@ from .checkpoint import load_model, save_model
 from .closed_form import finish_single_fit
 from .config import ExperimentConfig, load_experiment
 from .run import BEST, CONFIG, METRICS, RANKS, check_data, resolve_device
+from .schedule import set_lr
 from .trainer import Trainer
 
 __all__ = ["GeneralRun", "GeneralTrainer", "TripleBatches", "build_general_model", "evaluate_general",
@@ -188,7 +189,8 @@ class GeneralTrainer(Trainer):
         n_batches = n_targets = 0
         task = progress.add_task(f"epoch {epoch + 1}", total=len(self.batches), info="") if progress else None
         t0 = time.perf_counter()
-        for users, pos, neg in self.batches.epoch(cfg.seed, epoch):
+        for i, (users, pos, neg) in enumerate(self.batches.epoch(cfg.seed, epoch)):
+            set_lr(self.optimizer, cfg.train, epoch * len(self.batches) + i, len(self.batches))
             total, parts = self.model.loss(users, pos, neg)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
