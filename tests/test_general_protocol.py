@@ -139,3 +139,29 @@ def test_x_label_of_a_recbole_inter_file_reaches_the_split(tmp_path):
     assert "x_label" in ds.interactions.columns
     sp = general_split(ds.interactions, ds.n_users, ds.n_items, "x_label")
     assert len(sp.train) == 3 and len(sp.valid) == 1 and len(sp.test) == 1
+
+
+def test_mmrec_inter_file_with_untyped_header_is_read(tmp_path):
+    """MMRec's own .inter files have plain headers (no ``:token``); they read like typed ones, x_label included."""
+    from mmseqrec.data.build import prepare
+
+    rows = "1\t10\t5\t1\t0\n1\t11\t5\t2\t0\n1\t12\t5\t3\t2\n2\t10\t4\t1\t0\n2\t12\t4\t2\t1\n"
+    (tmp_path / "mm").mkdir()
+    (tmp_path / "mm" / "baby.inter").write_text("userID\titemID\trating\ttimestamp\tx_label\n" + rows)
+    ds = prepare("recbole", [tmp_path / "mm"], tmp_path / "out", user_col="userID", item_col="itemID")
+    assert ds.n_users == 2 and ds.n_items == 3 and ds.interactions.height == 5
+    assert ds.interactions["x_label"].to_list() == [0, 0, 2, 0, 1]
+    sp = general_split(ds.interactions, ds.n_users, ds.n_items, "x_label")
+    assert len(sp.train) == 3 and len(sp.valid) == 1 and len(sp.test) == 1
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "x.inter").write_text("user_id\titem_id\trating\ttimestamp\n" + "1\t10\t5\t1\n2\t11\t3\t2\n")
+    ds2 = prepare("recbole", [tmp_path / "plain"], tmp_path / "out2")
+    assert ds2.interactions["timestamp"].to_list() == [1, 2] and ds2.n_items == 2
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.inter").write_text("user_id:token\titem_id\n1\t10\n")
+    with pytest.raises(InputError, match="not of the form name:type"):
+        prepare("recbole", [tmp_path / "bad"], tmp_path / "out3")
+    (tmp_path / "nohead").mkdir()
+    (tmp_path / "nohead" / "x.inter").write_text(rows)
+    with pytest.raises(InputError, match="looks like a data row"):
+        prepare("recbole", [tmp_path / "nohead"], tmp_path / "out4")

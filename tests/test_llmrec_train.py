@@ -126,3 +126,34 @@ def test_bad_inputs_are_clear(tmp_path, lm_dir):
     with pytest.raises(InputError, match="empty history") as e:
         read_candidate_set(bad)
     assert "line 2" in str(e.value) and "history" in str(e.value)
+
+
+def test_valid_selection_keeps_the_best_adapter(tmp_path, lm_dir):
+    data = write_cycle_dataset(tmp_path / "data", n_users=40, n_items=30, seq_len=9)
+    lists = tmp_path / "lists.parquet"
+    assert 0 == run_cli(["llmrec", "candidates", str(data), "--out", str(lists), "--seed", "2", "--negatives", "8"])
+    cs = read_candidate_set(lists)
+    _write_preferences(data, cs.users.tolist())
+    run = tmp_path / "sel"
+    args = ["llmrec", "train", "--data", str(data), "--candidates", str(lists), "--model", str(lm_dir), "--out",
+            str(run), "--max-train-users", "4", "--epochs", "2", "--batch-size", "2", "--lr", "0.05",
+            "--eval-every", "1", "--max-length", "512", "--seed", "2"]
+    assert 2 == run_cli([*args, "--select-metric", "HR@50"])  # not a metric of the run: refused, nothing written
+    assert not run.exists()
+    assert 0 == run_cli([*args, "--select-metric", "NDCG@5"])
+    m = json.loads((run / "metrics.json").read_text())
+    sel = m["selection"]
+    hist = sel["history"]
+    assert [h["step"] for h in hist] == list(range(1, 9))  # 4 users x (yes + no) / batch 2 = 4 steps per epoch
+    values = [h["NDCG@5"] for h in hist]
+    assert sel["metric"] == "valid NDCG@5" and sel["best"] == hist[int(np.argmax(values))]  # first of ties
+    assert sel["best"]["step"] < 8  # (this seed) the best adapter is not the last one
+    assert m["valid"]["NDCG@5"] == pytest.approx(max(values), abs=1e-9)  # the kept adapter is the best one
+    assert m["protocol"] == f"candidates:file={lists}" and m["test"]["n_cases"] == cs.counts()["test"]
+    # the saved adapter is the selected one: re-scoring it gives the selected valid value
+    assert 0 == run_cli(["llmrec", "evaluate", str(run)])
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["valid"]["NDCG@5"] == pytest.approx(max(values), abs=1e-6)
+    assert again["selection"] == sel
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert sum("eval" in r for r in log) == 8 and sum("sft_loss" in r for r in log) == 2

@@ -201,3 +201,48 @@ def test_html_report_shows_the_llm_runs_reranked_examples(llm_runs, tmp_path):
     assert run_cli(["report", str(llm_runs["msr"]), "--out", str(out)]) == 0
     html = out.read_text()
     assert "could not load" not in html and "re-rank of popularity top-20" in html
+
+
+def test_mmsrarec_on_impression_rows_keys_the_pool_at_each_rows_position(llm_runs, tmp_path):
+    """An impression-style file (targets inside the sequences, ``position`` column): the training users are keyed
+    at their rows' history end, as :func:`mmseqrec.llmrec.retrieval.similar_users` keys them, and a row's served
+    prompt is the one the run is evaluated with."""
+    import dataclasses
+    import shutil
+
+    import yaml
+
+    from mmseqrec.data.dataset import DatasetDir
+    from mmseqrec.llmrec.candidates import read_candidate_set, write_candidate_set
+    from mmseqrec.llmrec.retrieval import user_states
+    from mmseqrec.llmrec.run import LLMRecConfig, Prompter
+
+    ds = DatasetDir(llm_runs["data"])
+    seqs = ds.sequences
+    loo = read_candidate_set(llm_runs["lists"], ds.n_items)
+    h = loo.history.shape[1]
+    # every row moved 1 or 2 interactions back (not before a full history): no row ends at the sequence's end
+    pos = np.maximum(h, loo.positions - 1 - np.arange(loo.users.size) % 2)
+    at = seqs.indptr[loo.users] + pos
+    targets = seqs.items[at].astype(np.int64)
+    cands = np.where(loo.candidates == loo.targets[:, None], targets[:, None], loo.candidates)
+    hist = seqs.items[at[:, None] + np.arange(-h, 0)[None, :]].astype(np.int64)
+    imp = dataclasses.replace(loo, targets=targets, candidates=cands, history=hist, positions=pos)
+    write_candidate_set(tmp_path / "imp.parquet", imp, ds.n_items)
+    cs = read_candidate_set(tmp_path / "imp.parquet", ds.n_items)
+    run = shutil.copytree(llm_runs["mm"], tmp_path / "mm")
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**raw, "candidates": str(tmp_path / "imp.parquet")}))
+
+    rec = LLMRecommender(run, n_candidates=5)
+    pool = cs.rows("train")
+    assert (cs.hist_end(seqs)[pool] < seqs.indptr[cs.users[pool] + 1] - 1).all()
+    keyed = user_states(rec.retriever, seqs, cs.users[pool], cs.hist_end(seqs)[pool])
+    assert np.allclose(rec.pool_states, keyed, atol=1e-6) and np.array_equal(rec.pool_next, cs.targets[pool])
+    prompter = Prompter(LLMRecConfig.model_validate({**rec.run.config.model_dump(),
+                                                     "candidates": str(tmp_path / "imp.parquet")}), ds, cs)
+    for row in cs.rows("test")[:4]:
+        user = int(cs.users[row])
+        known = seqs.sequence(user)[: int(cs.positions[row])].tolist()
+        served, _ = rec.prompts(known, cs.candidates[row], user)
+        assert served == [prompter.prompt(int(row), int(i)) for i in cs.candidates[row]]

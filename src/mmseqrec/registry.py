@@ -39,11 +39,13 @@ from .models.graph import (
     FreedomConfig,
     LightGCNConfig,
     MLLMRecConfig,
+    MostPopConfig,
     VBPRConfig,
     build_bpr,
     build_freedom,
     build_lightgcn,
     build_mllmrec,
+    build_mostpop,
     build_vbpr,
 )
 from .models.gru4rec import GRU4Rec, GRU4RecConfig
@@ -106,6 +108,7 @@ MODELS: dict[str, ModelSpec] = {
     "vbpr": ModelSpec(VBPRConfig, build_vbpr, general=True),
     "freedom": ModelSpec(FreedomConfig, build_freedom, general=True),
     "mllmrec": ModelSpec(MLLMRecConfig, build_mllmrec, general=True),
+    "mostpop": ModelSpec(MostPopConfig, build_mostpop, general=True),  # Pop on a general split
     "pop": ModelSpec(PopConfig, build_pop, closed_form=True),
     "itemknn": ModelSpec(ItemKNNConfig, build_itemknn, closed_form=True),
 }

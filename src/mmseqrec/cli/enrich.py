@@ -53,6 +53,12 @@ def enrich_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads (offline default: half the cores).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    tune: Annotated[str, typer.Option(help="item-keywords: none, or grpo (MMSRARec: tune the keyword summariser "
+                                      "with TRL's GRPOTrainer on alpha R_info + beta R_recon + gamma R_len first, "
+                                      "then generate with the tuned model; needs the llm extra).")] = "none",
+    tune_steps: Annotated[int, typer.Option(help="--tune grpo: optimiser steps.")] = 20,
+    tune_items: Annotated[int, typer.Option(help="--tune grpo: items (text-view prompts) tuned on.")] = 64,
+    reward_weights: Annotated[str, typer.Option(help="--tune grpo: alpha,beta,gamma.")] = "1.0,0.01,0.05",
     engine: Annotated[str, typer.Option(help="local (one process, SQLite cache; default) | ray (a Ray Data "
                                         "pipeline by shard, local Ray or a cluster; needs the optional extra named cluster).")]
     = "local",
@@ -85,6 +91,8 @@ def enrich_cmd(
                     "concurrency": concurrency, "timeout_s": timeout, "retries": retries,
                     "decoding": {"max_new_tokens": max_new_tokens, "temperature": temperature}},
     }, source="command line")
+    if tune != "none":
+        cfg = _tune(data, cfg, tune, tune_steps, tune_items, reward_weights, device)
     res = run_enrich(data, cfg, progress=progress)
     print_summary(res)
     if res.counts["ok"] == 0 and res.counts["failed"] > 0:
@@ -94,6 +102,27 @@ def enrich_cmd(
         Console(stderr=True).print(f"[bold red]error:[/] no generation succeeded ({res.counts['failed']} failed); "
                                    f"first reasons: {reasons}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _tune(data: Path, cfg, tune: str, steps: int, items: int, weights: str, device: str):
+    """``--tune grpo``: the enrich config generating with the GRPO-tuned keyword summariser."""
+    from ..config import validate_config
+    from ..embed.encoders import resolve_device
+    from ..errors import InputError
+    from ..llmrec.grpo import GRPOTuneConfig, tune_for_enrich
+
+    if tune != "grpo":
+        raise InputError(f"unknown --tune {tune!r}; choose none or grpo", field="--tune")
+    try:
+        alpha, beta, gamma = (float(x) for x in weights.split(","))
+    except ValueError:
+        raise InputError(f"expected three comma-separated numbers alpha,beta,gamma, got {weights!r}",
+                         field="--reward-weights") from None
+    gcfg = validate_config(GRPOTuneConfig, {"steps": steps, "items": items, "alpha": alpha, "beta": beta,
+                                            "gamma": gamma}, source="command line")
+    cfg, out, reused = tune_for_enrich(data, cfg, gcfg, device=resolve_device(device))
+    typer.echo(f"{'reused' if reused else 'tuned'} keyword summariser (GRPO): {out}")
+    return cfg
 
 
 def print_summary(res) -> None:

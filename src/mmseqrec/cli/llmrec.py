@@ -19,31 +19,54 @@ def candidates_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Candidate file to write (Parquet).")],
     history: Annotated[int, typer.Option(help="History items per user (both papers: 5).")] = 5,
     negatives: Annotated[int, typer.Option(help="Random never-interacted negatives per list.")] = 20,
-    split: Annotated[str, typer.Option(help="user (8:1:1 over users, MLLM-MSR).")] = "user",
+    split: Annotated[str, typer.Option(help="user (8:1:1 over users, MLLM-MSR) | impression (8:1:1 over the "
+                                       "impression lists of DATA/impressions.parquet, MMSRARec).")] = "user",
     seed: Annotated[int, typer.Option(help="Seed of the user split, the negatives and the positive's column.")]
     = 0,
     max_users: Annotated[int | None, typer.Option(help="A seeded random subset of the eligible users (LLM inputs "
                                                   "cost a generation per user).")] = None,
+    with_preferences: Annotated[bool, typer.Option(help="Only users with a preference summary in "
+                                                   "DATA/enrich/user-preference.parquet (summaries generated "
+                                                   "for a subset, e.g. `enrich --limit N`).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Per user a history of n items, 1 positive + N never-interacted negatives, users split 8:1:1; score any run
     on it with `mmseqrec evaluate RUN --protocol candidates:file=FILE`."""
+    import numpy as np
+
     from ..data.dataset import DatasetDir
     from ..errors import InputError
-    from ..llmrec.candidates import build_candidate_set, write_candidate_set
+    from ..llmrec.candidates import build_candidate_set, build_impression_candidate_set, write_candidate_set
 
-    if split != "user":
-        raise InputError(f"unknown split {split!r}; only 'user' (8:1:1 over users) is implemented", field="--split")
+    if split not in ("user", "impression"):
+        raise InputError(f"unknown split {split!r}; choose user (8:1:1 over users) or impression (8:1:1 over the "
+                         "dataset's impression lists)", field="--split")
     if out.exists() and not overwrite:
         raise InputError("exists; pass --overwrite to replace it (candidate files are inputs of results)",
                          file=out)
     ds = DatasetDir(data)
-    cs = build_candidate_set(ds.sequences, history=history, negatives=negatives, seed=seed, max_users=max_users)
+    if split == "impression":
+        if max_users is not None:
+            raise InputError("--max-users applies to --split user only", field="--max-users")
+        cs = build_impression_candidate_set(ds.path, ds.sequences, history=history, negatives=negatives, seed=seed)
+        unit, why = "impressions", f"fewer than {history} earlier interactions or {negatives} shown negatives"
+    else:
+        only = None
+        if with_preferences:
+            from ..llmrec.prompts import load_preferences
+
+            pref = load_preferences(ds)
+            only = np.asarray([u for u in range(1, ds.n_users + 1) if pref[u]], dtype=np.int64)
+        cs = build_candidate_set(ds.sequences, history=history, negatives=negatives, seed=seed,
+                                 max_users=max_users, only_users=only)
+        unit, why = "users", f"fewer than {history + 2} interactions" + (
+            f", or beyond --max-users {max_users}" if max_users else "") + (
+            ", or without a preference summary" if with_preferences else "")
     sha = write_candidate_set(out, cs, ds.n_items)
     c = cs.counts()
-    typer.echo(f"wrote {out} (sha256 {sha[:12]}): {c['train']} train / {c['valid']} valid / {c['test']} test users, "
-               f"{negatives + 1} candidates each, history {history}; {cs.n_skipped} users left out (fewer than "
-               f"{history + 2} interactions" + (f", or beyond --max-users {max_users})" if max_users else ")"))
+    typer.echo(f"wrote {out} (sha256 {sha[:12]}): {c['train']} train / {c['valid']} valid / {c['test']} test "
+               f"{unit}, {negatives + 1} candidates each, history {history}; {cs.n_skipped} {unit} left out "
+               f"({why})")
 
 
 @llmrec_app.command("train")
@@ -56,7 +79,7 @@ def train_cmd(
                                        "'smollm2' (offline SmolLM2-135M-Instruct).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
     method: Annotated[str, typer.Option(help="mllm-msr (preference summaries) | mmsrarec (item keywords + "
-                                        "similar users from --retriever, multi-task SFT; no GRPO yet).")]
+                                        "similar users from --retriever, multi-task SFT; keywords GRPO-tuned by `enrich --tune grpo`).")]
     = "mllm-msr",
     retriever: Annotated[Path | None, typer.Option(help="mmsrarec: a trained SASRec run on the same dataset.")]
     = None,
@@ -70,10 +93,15 @@ def train_cmd(
     max_train_users: Annotated[int | None, typer.Option(help="Subsample of training users (seeded).")] = None,
     max_length: Annotated[int, typer.Option(help="Tokens per SFT example (prompt cut from the left).")] = 1024,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    eval_every: Annotated[int, typer.Option(help="Score the valid lists every N SFT steps for model selection "
+                                            "(0: after every epoch; epoch ends are always scored).")] = 0,
+    select_metric: Annotated[str, typer.Option(help="Valid metric that selects the adapter kept (AUC, HR@5, "
+                                               "NDCG@5, MRR@5, ...).")] = "AUC",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
 ) -> None:
-    """LoRA SFT of a chat LM on the yes/no prompt, then yes/no scoring of the file's valid and test lists; writes
-    the run-directory contract (config.yaml, adapter/ safetensors, metrics.json, ranks.parquet)."""
+    """LoRA SFT of a chat LM (or an image-text-to-text model: the candidates' images enter the prompt) on the
+    yes/no prompt, keeping the adapter with the best valid score, then yes/no scoring of the file's valid and
+    test lists; writes the run-directory contract (config.yaml, adapter/ safetensors, metrics.json, ranks.parquet)."""
     from ..errors import InputError
     from ..llmrec.run import LLMRecConfig, train_llmrec
 
@@ -82,7 +110,8 @@ def train_cmd(
     cfg = LLMRecConfig(method=method, retriever=None if retriever is None else str(retriever),
                        similar_users=similar_users, multitask=multitask, data=str(data), candidates=str(candidates), model=model, seed=seed,
                        epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r,
-                       max_train_users=max_train_users, max_length=max_length, device=device)
+                       max_train_users=max_train_users, max_length=max_length, device=device,
+                       eval_every=eval_every, select_metric=select_metric)
     rec = train_llmrec(cfg, out, overwrite=overwrite)
     _print(rec, out)
 

@@ -185,8 +185,10 @@ def register(app: typer.Typer) -> None:
             return
         if res.candidates:
             c = res.candidates
-            console.print(f"re-ranked candidates: {c['stage']} top-{c['n']} ({c['n_scored']} scored)",
-                          highlight=False)
+            img = c.get("images")
+            console.print(f"re-ranked candidates: {c['stage']} top-{c['n']} ({c['n_scored']} scored"
+                          + (f"; {img['with_image']} with the item's image, {img['text_only']} text only" if img
+                             else "") + ")", highlight=False)
         if res.preference:
             console.print(f"preference ({res.preference['source']}): {res.preference['text']}", highlight=False)
         if res.unknown:

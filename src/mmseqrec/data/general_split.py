@@ -28,7 +28,7 @@ import polars as pl
 
 from ..errors import InputError
 
-__all__ = ["GeneralSplit", "UserItems", "general_split", "parse_split", "profile_histories"]
+__all__ = ["GeneralSplit", "UserItems", "general_split", "parse_split", "profile_histories", "profile_pairs"]
 
 _SPEC = re.compile(r"^(random|time):(\d+(?:\.\d+)?):(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)(?::seed=(\d+))?$")
 
@@ -164,9 +164,9 @@ def general_split(interactions: pl.DataFrame, n_users: int, n_items: int, spec: 
     return GeneralSplit(canonical_split(spec), n_users, n_items, *parts)
 
 
-def profile_histories(split: GeneralSplit, interactions: pl.DataFrame, source: str = "training"
-                      ) -> dict[int, list[int]]:
-    """``user -> chronological item ids`` a preference profile may read.
+def profile_pairs(split: GeneralSplit, interactions: pl.DataFrame, source: str = "training"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(users, items)`` a preference profile may read, chronological within each user (file order).
 
     ``source="training"``: the user's training items only (validation and test items never reach a prompt).
     ``source="all-interactions"``: every interaction (MLLMRec's released behaviour, a test-set leak; only
@@ -183,6 +183,13 @@ def profile_histories(split: GeneralSplit, interactions: pl.DataFrame, source: s
         tu, ti = split.train.pairs()
         allowed = np.isin(users * (split.n_items + 1) + items, tu * (split.n_items + 1) + ti)
         users, items = users[allowed], items[allowed]
+    return users, items
+
+
+def profile_histories(split: GeneralSplit, interactions: pl.DataFrame, source: str = "training"
+                      ) -> dict[int, list[int]]:
+    """``user -> chronological item ids`` a preference profile may read (see :func:`profile_pairs`)."""
+    users, items = profile_pairs(split, interactions, source)
     out: dict[int, list[int]] = {}
     bounds = np.flatnonzero(np.diff(users)) + 1
     for chunk_u, chunk_i in zip(np.split(users, bounds), np.split(items, bounds), strict=True):

@@ -91,9 +91,15 @@ def load_run_result(path: str | Path, protocol: str | None = None, exclude_histo
 
 
 def _default_metrics(a: RunResult, b: RunResult) -> list[str]:
+    from .multitarget import MULTI_METRICS
+
     out = []
     for k in a.test:
         if k in b.test and k not in ("n_cases", "AUC_global"):
+            if a.record.multi_target:
+                if k.partition("@")[0] in MULTI_METRICS:
+                    out.append(k)
+                continue
             try:
                 parse_metric(k)
             except InputError:
@@ -126,15 +132,19 @@ def compare_runs(run_a: str | Path | RunResult, run_b: str | Path | RunResult,
     if a.candidates_sha256 != b.candidates_sha256:
         raise InputError(f"{a.name} and {b.name} were scored on different candidate files (sha256 "
                          f"{a.candidates_sha256} vs {b.candidates_sha256})", field="protocol")
+    if a.record.multi_target != b.record.multi_target:
+        raise InputError(f"{a.name} and {b.name} are not comparable: one ranks several targets per user "
+                         "(a general model's split), the other one target per case", field="protocol")
+    multi = a.record.multi_target  # general models: the user is the paired unit
     names = metrics or _default_metrics(a, b)
     if not names:
         raise InputError("the runs share no metric to compare", field="--metric")
     ra, rb = a.ranks(), b.ranks()
     rows = []
     for m in names:
-        kind, _ = parse_metric(m)
+        kind = None if multi else parse_metric(m)[0]
         res = paired_test(ra, rb, m, ties=a.protocol.ties,
-                          n_negatives=a.record.n_negatives if kind == "AUC" else None)
+                          n_negatives=a.record.n_negatives if kind == "AUC" else None, per_user=multi)
         rows.append({"metric": m, "a": res["mean_a"], "b": res["mean_b"], "delta": res["delta"],
                      "p_wilcoxon": res["p_wilcoxon"], "p_ttest": res["p_ttest"], "n": res["n"]})
     adj = adjust_pvalues(np.array([r["p_wilcoxon"] for r in rows]), p_adjust)

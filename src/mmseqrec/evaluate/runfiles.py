@@ -88,6 +88,11 @@ class EvalRecord:
         cf = self.data.get("candidates_file")
         return int(cf["n_negatives"]) if isinstance(cf, dict) else self.protocol.n
 
+    @property
+    def multi_target(self) -> bool:
+        """Several targets per user (general models, :mod:`.multitarget`): the user is the paired unit."""
+        return self.data.get("targets") == "multi"
+
     def metrics(self, split: str) -> dict[str, Any] | None:
         """Metric dict of ``split`` (``None`` when that split was not scored)."""
         m = self.data.get(split)

@@ -72,11 +72,14 @@ class GridConfig(Config):
         and ``backbone_overrides``, the variant's other keys on top; with a mapping the variant runs on the
         mapped backbones only. A relative path is looked up like a dataset path; :func:`load_grid` stores the
         absolute path.
-    baseline : the variant every other variant is tested against (paired test on per-user ranks).
+    baseline : the variant every other variant is tested against (paired test on per-user ranks; on the same
+        backbone, or on the baseline's only backbone when it ran on one, e.g. general grids where each variant
+        is one model: ``variant_backbones: {MLLMRec: [mllmrec], BPR: [bpr], ...}``).
     seeds : one run per seed; reports give mean +- std.
     protocols : evaluation protocols; the first is used to select the checkpoint on validation, the others
         re-score the same checkpoint.
-    metrics : columns of the report (each ``HR@K`` / ``NDCG@K`` / ``MRR@K``; K must be in ``base.eval.ks``).
+    metrics : columns of the report (each ``HR@K`` / ``NDCG@K`` / ``MRR@K``; general models:
+        ``Recall@K`` / ``NDCG@K`` / ``Precision@K`` / ``MAP@K``; K must be in ``base.eval.ks``).
     base : ExperimentConfig fields shared by every run.
     backbone_overrides : backbone name -> partial ExperimentConfig merged after ``base``.
     variant_backbones : restrict a variant to some backbones (default: all; a preset mapping's backbones).

@@ -3,7 +3,8 @@ multiple-testing correction over each table, Markdown + CSV tables and one PNG p
 
 Statistics (see :mod:`mmseqrec.evaluate.significance`): the table's mean +- std are over the per-seed metrics;
 the p-values come from the paired test whose unit is the evaluation case (user, target), each case's metric
-averaged over a variant's seeds first; raw p and p adjusted over all comparisons of one table (Holm by default)
+averaged over a variant's seeds first (general models, several targets per user: the unit is the user, with
+the metric over the user's test items); raw p and p adjusted over all comparisons of one table (Holm by default)
 are both written. The report only reads finished run directories: ``mmseqrec experiment GRID --report-only``
 rebuilds it without training or scoring anything.
 """
@@ -16,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from ..errors import InputError
 from ..evaluate.evaluator import load_ranks
 from ..evaluate.metrics import parse_metric
 from ..evaluate.runfiles import EvalRecord, find_eval
 from ..evaluate.significance import adjust_pvalues, paired_test
 from ..fileio import atomic_path, atomic_write_text
+from ..registry import model_spec
 from .config import GridConfig
 from .runner import RunRecord, plan_runs, protocol_slug
 
@@ -66,7 +69,8 @@ def _reference_group(groups: dict, ds: str, ref: str, bb: str, p: str) -> list[E
 
 def _tests(grid: GridConfig, out: str | Path) -> pl.DataFrame:
     """Paired test of every non-baseline (dataset, backbone, variant, protocol, metric) against the baseline on
-    test ranks (seed means per case), and of every variant against each of ``grid.references`` (first metric
+    test ranks (seed means per case; the baseline's runs on the same backbone, else on its only backbone, as
+    for references), and of every variant against each of ``grid.references`` (first metric
     only); column ``reference`` names the variant tested against. p is adjusted over each (dataset, protocol)
     table, all of its comparisons together."""
     groups: dict[tuple[str, str, str, str], list[EvalRecord]] = {}
@@ -85,17 +89,21 @@ def _tests(grid: GridConfig, out: str | Path) -> pl.DataFrame:
 
     def test(ds: str, bb: str, var: str, p: str, ref: str, base: list[EvalRecord], recs: list[EvalRecord],
              metrics: list[str]) -> None:
+        multi = recs[0].multi_target  # general models: the user is the unit (targets pooled per user)
+        if any(r.multi_target != multi for r in (*base, *recs)):
+            raise InputError(f"{var!r} and {ref!r} on {ds} are not comparable: general (several targets per "
+                             "user) and sequential runs in one comparison", field="references")
         for metric in metrics:
-            kind, _ = parse_metric(metric)
+            kind = None if multi else parse_metric(metric)[0]
             res = paired_test(frames(base), frames(recs), metric, ties=recs[0].protocol.ties,
-                              n_negatives=recs[0].n_negatives if kind == "AUC" else None)
+                              n_negatives=recs[0].n_negatives if kind == "AUC" else None, per_user=multi)
             rows.append({"dataset": ds, "backbone": bb, "variant": var, "protocol": p, "metric": metric,
                          "reference": ref, "n_cases": res["n"], "p_wilcoxon": res["p_wilcoxon"],
                          "p_ttest": res["p_ttest"]})
 
     refs = [v for v in grid.references if v != grid.baseline]
     for (ds, var, bb, p), recs in groups.items():
-        base = groups.get((ds, grid.baseline or "", bb, p))
+        base = _reference_group(groups, ds, grid.baseline or "", bb, p) if var != grid.baseline else None
         if var != grid.baseline and base:
             test(ds, bb, var, p, grid.baseline or "", base, recs, grid.metrics)
         for ref in refs:
@@ -162,6 +170,8 @@ def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
     ``p (raw / adjusted)`` column per metric."""
     test = grid.report_split == "test"
     adj = _ADJ_NAME[grid.p_adjust]
+    general = bool(summary.height) and all(getattr(model_spec(b), "general", False)
+                                           for b in summary["backbone"].unique().to_list())
     if not test:
         lines = [f"# {grid.name}", "",
                  (f"**Validation** metrics (mean ± std over seeds {grid.seeds}) of the checkpoints selected on "
@@ -173,9 +183,10 @@ def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
                   + ("".join(f", and for {grid.metrics[0]} against **{v}**" for v in grid.references
                              if v != grid.baseline) + " (any backbone)" if
                      [v for v in grid.references if v != grid.baseline] else "")
-                  + "; the "
-                  "unit is the test case (user, target), each case's metric averaged over seeds first, so n is the "
-                  "number of users whatever the number of seeds. Shown as raw p / p adjusted "
+                  + ("; the unit is the user (the metric over the user's test items; general models, several "
+                     "targets per user), each user's value averaged over seeds first" if general else
+                     "; the unit is the test case (user, target), each case's metric averaged over seeds first")
+                  + ", so n is the number of users whatever the number of seeds. Shown as raw p / p adjusted "
                   + ("(no adjustment)" if grid.p_adjust == "none" else
                      f"with {'Holm–Bonferroni' if adj == 'Holm' else 'Benjamini–Hochberg'} over all comparisons of "
                      "the table")

@@ -142,7 +142,7 @@ def rescore_run(run_dir: str | Path, protocol: str | None = None, *, exclude_his
 
 def check_runs(grid: GridConfig, runs: list[RunRecord]) -> None:
     """Before anything is trained: every dataset is prepared, every run's config validates, and the embedding
-    stores its item encoder reads exist (an :class:`~mmseqrec.errors.InputError` naming what is missing)."""
+    stores its item encoder (general models: the model) reads exist (an :class:`~mmseqrec.errors.InputError` naming what is missing)."""
     from ..embed.store import embed_dir
     from ..errors import InputError
     from ..train.config import load_experiment
@@ -152,6 +152,12 @@ def check_runs(grid: GridConfig, runs: list[RunRecord]) -> None:
         cfg = load_experiment(base=r.config)
         enc = cfg.item_encoder
         names = [*getattr(enc, "embeddings", list)(), *getattr(enc, "token_embeddings", list)()]
+        if getattr(model_spec(r.backbone), "general", False):  # general models name their stores themselves
+            names = [*getattr(cfg.model, "embedding_names", list)(), *getattr(cfg.model, "user_embedding_names",
+                                                                              list)()]
+            if len(grid.protocols) > 1:
+                raise InputError(f"general models ({r.backbone}) are scored by full ranking of their multi-target "
+                                 f"split only; set protocols: [full]", file=grid._source, field="protocols")
         d = embed_dir(grid.datasets[r.dataset])
         missing = [n for n in dict.fromkeys(names) if not (d / f"{n}.safetensors").exists()
                    and n not in grid.stores]  # the grid builds its own stores

@@ -20,7 +20,7 @@ from ..data.dataset import DatasetDir
 from ..enrich.tasks import PromptTemplate, item_descriptions
 from ..errors import InputError
 
-__all__ = ["RECOMMEND", "PromptTexts", "item_titles", "load_preferences", "load_prompt_texts"]
+__all__ = ["RECOMMEND", "RECOMMEND_IMAGE", "PromptTexts", "item_titles", "load_preferences", "load_prompt_texts"]
 
 RECOMMEND = PromptTemplate(
     "mllm-msr/recommend", "1",
@@ -34,6 +34,19 @@ RECOMMEND = PromptTemplate(
     "('the given image is this video's cover') becomes the item's description (image summary or text) for "
     "text-only models; the '[INST] ... [/INST]' wrapper (and the training script's '[\\INST]' typo) is "
     "replaced by the model's own chat template",
+)
+
+RECOMMEND_IMAGE = PromptTemplate(
+    "mllm-msr/recommend-image", "1",
+    "Based on the previous interaction history, the user's preference can be summarized as: {preference} "
+    "Please predict whether this user would interact with the item below at the next opportunity. Please only "
+    "response 'yes' or 'no' based on your judgement, do not include any other content including words, space, "
+    "and punctuations in your response. The item's title is '{title}', and the given image is this item's "
+    "picture:",
+    "adapted", "MLLM-MSR test/microlens/test_with_llava_sft.py (recommendation prompt, with the item image)",
+    "image-text-to-text models: the candidate's image follows the prompt (as MLLM-MSR's cover image); the answer "
+    "instruction is moved before the candidate as in mllm-msr/recommend; 'video' -> 'item'; the model's own chat "
+    "template replaces '[INST] <image>\\n ... [/INST]'",
 )
 
 ANSWERS = ("yes", "no")
@@ -64,6 +77,11 @@ class PromptTexts:
             raise InputError(f"user {user} has no preference summary; run `mmseqrec enrich DATA --task "
                              "user-preference --mode recurrent` first", field="user")
         return RECOMMEND.render(preference=pref, title=self.title[item], description=self.description[item])
+
+    def prompt_image(self, user: int, item: int) -> str:
+        """The text of the image prompt (:data:`RECOMMEND_IMAGE`); the item's image follows it."""
+        self.prompt(user, item)  # the same check of the summary
+        return RECOMMEND_IMAGE.render(preference=self.preference[user], title=self.title[item])
 
     def prompts(self, user: int, items: np.ndarray) -> list[str]:
         return [self.prompt(int(user), int(i)) for i in items]

@@ -48,8 +48,7 @@ def user_states(model, seqs: SequenceData, users: np.ndarray, hist_end: np.ndarr
 def similar_users(model, seqs: SequenceData, cs: CandidateSet, k: int = 3, max_len: int = 50,
                   device: str = "cpu") -> SimilarUsers:
     """The ``k`` most similar training users of every row of ``cs`` (see the module docstring)."""
-    end = seqs.indptr[cs.users + 1]
-    hist_end = np.where(cs.split == "valid", end - 2, end - 1)
+    hist_end = cs.hist_end(seqs)
     states = user_states(model, seqs, cs.users, hist_end, max_len, device=device)
     pool = cs.rows("train")
     if pool.size <= k:

@@ -30,7 +30,7 @@ from pydantic import ConfigDict, Field
 
 from ..config import Config
 from ..data.dataset import DatasetDir
-from ..data.split import leave_one_out
+from ..data.split import EvalSet, leave_one_out
 from ..errors import InputError, require
 from ..evaluate.candidates import read_candidates
 from ..evaluate.evaluator import RankingResult, evaluate_ranking
@@ -39,7 +39,8 @@ from .candidates import read_candidate_set
 from .prompts import PromptTexts, load_prompt_texts
 from .scoring import YesNoScorer, collate_sft, encode_sft
 
-__all__ = ["LLMRecConfig", "Prompter", "evaluate_llmrec", "load_lm", "resolve_model", "train_llmrec"]
+__all__ = ["Backbone", "ItemImages", "LLMRecConfig", "Prompter", "evaluate_llmrec", "load_lm", "resolve_model",
+           "train_llmrec"]
 
 CONFIG, ADAPTER, LOG, METRICS, RANKS = "config.yaml", "adapter", "log.jsonl", "metrics.json", "ranks.parquet"
 
@@ -65,6 +66,11 @@ class LLMRecConfig(Config):
         ``mmsrarec``: |S_u| (3).
     multitask : bool
         ``mmsrarec``: add the two auxiliary instruction types to the SFT data.
+    eval_every : int
+        Score the valid lists every this many SFT steps (0: after every epoch; the end of each epoch is always
+        scored); the adapter with the best valid ``select_metric`` is kept.
+    select_metric : str
+        A metric of the valid lists (``AUC``, ``HR@5``, ``NDCG@5``, ...), higher is better.
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -87,6 +93,8 @@ class LLMRecConfig(Config):
     retriever: str | None = None
     similar_users: int = Field(3, ge=1)
     multitask: bool = True
+    eval_every: int = Field(0, ge=0)
+    select_metric: str = "AUC"
 
 
 def resolve_model(arg: str) -> Path:
@@ -121,14 +129,57 @@ def load_lm(path: str | Path, device: str = "cpu"):
     return model, tok
 
 
+def _refuse_held_out_in_training_prefix(cs, ds: DatasetDir, path: str) -> None:
+    """MLLM-MSR's preference summaries cover each user's leave-one-out training prefix: a valid/test row whose
+    target lies inside that prefix (an impression-split file) would be summarised into its own prompt."""
+    seqs = ds.sequences
+    inside = (cs.split != "train") & (cs.hist_end(seqs) < seqs.indptr[cs.users + 1] - 2)
+    if inside.any():
+        i = int(np.argmax(inside))
+        raise InputError(f"{int(inside.sum())} valid/test row(s) (first: user {int(cs.users[i])}) have their target "
+                         "inside the user's training prefix, which the preference summaries cover (an impression "
+                         "split?); mllm-msr needs a --split user file (use --method mmsrarec for impression lists)",
+                         file=path, line=i + 1, field="split")
+
+
+class ItemImages:
+    """Item images (the dataset's ``image`` column) decoded once, resized within ``max_pixels``."""
+
+    def __init__(self, ds: DatasetDir, max_pixels: int = 448 * 448) -> None:
+        import polars as pl
+
+        items = ds.items.sort("item")
+        self.refs = np.full(ds.n_items + 1, None, dtype=object)
+        if "image" in items.columns:
+            self.refs[items["item"].to_numpy()] = np.asarray(items["image"].cast(pl.Utf8).to_list() + [None],
+                                                             dtype=object)[:-1]
+        self.base, self.max_pixels = ds.path, max_pixels
+        self.cache: dict[int, Any] = {}
+        self.missing: dict[str, int] = {}
+
+    def get(self, item: int):
+        if item not in self.cache:
+            from ..enrich.backends.base import resize_to_budget
+            from ..enrich.images import load_image
+
+            img, why = load_image(self.refs[item], self.base, Path(self.base) / "enrich" / "images")
+            if img is None:
+                key = why.split(":")[0]
+                self.missing[key] = self.missing.get(key, 0) + 1
+            self.cache[item] = None if img is None else resize_to_budget(img, self.max_pixels)
+        return self.cache[item]
+
+
 class Prompter:
     """``prompt(row, item)`` for the rows of a candidate set, per method; ``aux(row)`` the auxiliary SFT pairs."""
 
     def __init__(self, cfg: LLMRecConfig, ds: DatasetDir, cs) -> None:
         self.cs = cs
+        self.images: ItemImages | None = None  # set for image-text-to-text models
         self.row_of = np.full(ds.n_users + 1, -1, dtype=np.int64)
         self.row_of[cs.users] = np.arange(cs.users.size)
         if cfg.method == "mllm-msr":
+            _refuse_held_out_in_training_prefix(cs, ds, cfg.candidates)
             self.texts: PromptTexts | None = load_prompt_texts(ds, cs.users)  # every user needs a summary
             self.kw = None
             self.sources: dict[str, Any] = dict(self.texts.sources)
@@ -149,24 +200,51 @@ class Prompter:
         self.sources = {"template": "mmsrarec/recommend@1", "keywords": "enrich/item-keywords.parquet", **counts,
                         "retriever": str(cfg.retriever), "similar_users": cfg.similar_users}
 
-    def prompt(self, row: int, item: int) -> str:
+    def prompt(self, row: int, item: int):
+        """A text prompt, or with ``images`` a :class:`.vision.VisionPrompt` carrying the candidate's image
+        (an item without a usable image keeps the text prompt, counted in ``sources``)."""
+        image = self.images.get(int(item)) if self.images is not None else None
         if self.texts is not None:
-            return self.texts.prompt(int(self.cs.users[row]), int(item))
-        return self.kw.prompt(row, int(item))
+            user = int(self.cs.users[row])
+            text = (self.texts.prompt(user, int(item)) if image is None else
+                    self.texts.prompt_image(user, int(item)))
+        else:
+            text = self.kw.prompt(row, int(item))
+        if self.images is None:
+            return text
+        from .vision import VisionPrompt
+
+        return VisionPrompt(text, image)
 
     def aux(self, row: int) -> list[tuple[str, str]]:
         return [] if self.kw is None else self.kw.aux(row)
+
+
+def _evalset(cs, ds: DatasetDir, split_name: str, path: str) -> tuple[EvalSet, np.ndarray | None]:
+    """The file's rows of ``split_name`` as evaluation cases (history ends at each row's ``position``) and those
+    rows; a file without positions (older files: leave-one-out rows) uses the leave-one-out cases (rows None)."""
+    if cs.positions is None:
+        return getattr(leave_one_out(ds.sequences), split_name), None
+    rows = cs.rows(split_name)
+    seqs = ds.sequences
+    hist_end = cs.hist_end(seqs)[rows]
+    ok = (cs.positions[rows] >= 0) & (hist_end < seqs.indptr[cs.users[rows] + 1])
+    ok[ok] = seqs.items[hist_end[ok]] == cs.targets[rows][ok]
+    if not ok.all():
+        i = int(rows[np.argmin(ok)])
+        raise InputError(f"user {int(cs.users[i])}: the item at position {int(cs.positions[i])} is not the target "
+                         f"{int(cs.targets[i])} (was the file built from another dataset?)", file=path,
+                         line=i + 1, field="position")
+    return EvalSet(cs.users[rows], cs.targets[rows], hist_end, name=split_name), rows
 
 
 def _score_split(scorer: YesNoScorer, prompter: Prompter, ds: DatasetDir, cand_path: str, split_name: str,
                  ks: list[int]) -> RankingResult:
     """Score the file's rows of ``split_name`` (one shared-prefix forward per user) and rank them with the one
     evaluator, under ``candidates:file=PATH``."""
-    split = leave_one_out(ds.sequences)
-    evalset = getattr(split, split_name)
+    evalset, file_rows = _evalset(prompter.cs, ds, split_name, cand_path)
     lists = read_candidates(cand_path, evalset.users, evalset.targets, ds.n_users, ds.n_items, split=split_name)
-    users = evalset.users[lists.cases]
-    rows = prompter.row_of[users]
+    rows = prompter.row_of[evalset.users[lists.cases]] if file_rows is None else file_rows[lists.cases]
     scores = np.stack([scorer.score_shared([prompter.prompt(int(r), int(it)) for it in items])
                        for r, items in zip(rows, lists.items, strict=True)])
     expected = torch.from_numpy(lists.items)
@@ -185,18 +263,65 @@ def _score_split(scorer: YesNoScorer, prompter: Prompter, ds: DatasetDir, cand_p
                             progress=False)
 
 
-def _sft_examples(tok, prompter: Prompter, rows: np.ndarray, rng: np.random.Generator, max_length: int,
-                  multitask: bool = False) -> tuple[list[tuple[list[int], list[int]]], int]:
+class Backbone:
+    """The model behind a run: a text causal LM (:func:`load_lm`) or an image-text-to-text model
+    (:mod:`.vision`, chosen when the directory's config has a vision tower), with its SFT encoding, batching,
+    LoRA targets and scorer."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu") -> None:
+        from .vision import is_vlm
+
+        self.vision = is_vlm(model_dir)
+        if self.vision:
+            from .vision import load_vlm
+
+            self.model, self.processor = load_vlm(model_dir, device)
+            self.tok = self.processor.tokenizer
+        else:
+            self.model, self.tok = load_lm(model_dir, device)
+            self.processor = None
+        self.device = device
+
+    @property
+    def lora_targets(self) -> str:
+        from .vision import LANGUAGE_LORA_TARGETS
+
+        return LANGUAGE_LORA_TARGETS if self.vision else "all-linear"
+
+    def encode(self, prompt, label: bool | str, max_length: int):
+        if self.vision:
+            from .vision import encode_sft_vision
+
+            return encode_sft_vision(self.processor, prompt, label)
+        return encode_sft(self.tok, prompt, label, max_length)
+
+    def collate(self, examples: list) -> dict[str, torch.Tensor]:
+        if self.vision:
+            from .vision import collate_sft_vision
+
+            return collate_sft_vision(examples, self.tok.pad_token_id)
+        return collate_sft(examples, self.tok.pad_token_id)
+
+    def scorer(self, model):
+        if self.vision:
+            from .vision import VisionYesNoScorer
+
+            return VisionYesNoScorer(model, self.processor, self.device)
+        return YesNoScorer(model, self.tok, self.device)
+
+
+def _sft_examples(bb: Backbone, prompter: Prompter, rows: np.ndarray, rng: np.random.Generator, max_length: int,
+                  multitask: bool = False) -> tuple[list, int]:
     """1 positive + 1 negative yes/no example per training row (+ the auxiliary pairs); returns the examples and
     the number of yes/no pairs."""
     cs = prompter.cs
     out = []
     for i in rows:
         negs = cs.candidates[i][cs.candidates[i] != cs.targets[i]]
-        out.append(encode_sft(tok, prompter.prompt(int(i), int(cs.targets[i])), True, max_length))
-        out.append(encode_sft(tok, prompter.prompt(int(i), int(rng.choice(negs))), False, max_length))
+        out.append(bb.encode(prompter.prompt(int(i), int(cs.targets[i])), True, max_length))
+        out.append(bb.encode(prompter.prompt(int(i), int(rng.choice(negs))), False, max_length))
         if multitask:
-            out += [encode_sft(tok, p, a, max_length) for p, a in prompter.aux(int(i))]
+            out += [bb.encode(p, a, max_length) for p, a in prompter.aux(int(i))]
     return out, int(rows.size)
 
 
@@ -214,8 +339,10 @@ def _write_results(run: Path, cfg: LLMRecConfig, results: dict[str, RankingResul
 
 def train_llmrec(cfg: LLMRecConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
                  ) -> dict[str, Any]:
-    """LoRA SFT of ``cfg.model`` on the training users' yes/no pairs, then score valid and test; returns the
-    metrics record (also ``RUN/metrics.json``)."""
+    """LoRA SFT of ``cfg.model`` on the training users' yes/no pairs with model selection on the file's
+    **valid** lists (scored after every epoch, or every ``eval_every`` steps; the adapter with the best valid
+    ``select_metric`` is kept, ties to the earlier one), then score valid and test with it; returns the metrics
+    record (also ``RUN/metrics.json``)."""
     peft = require("peft", "llm", "LoRA fine-tuning of the LLM recommender")
     run = Path(out)
     if run.exists() and any(run.iterdir()) and not overwrite:
@@ -223,14 +350,23 @@ def train_llmrec(cfg: LLMRecConfig, out: str | Path, *, overwrite: bool = False,
     ds = DatasetDir(cfg.data)
     cs = read_candidate_set(cfg.candidates, ds.n_items)
     prompter = Prompter(cfg, ds, cs)  # inputs checked before anything is written
+    allowed = ["AUC", "AUC_global"] + [f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in cfg.ks]
+    if cfg.select_metric not in allowed:
+        raise InputError(f"unknown selection metric {cfg.select_metric!r}; one of {', '.join(allowed)}",
+                         field="--select-metric")
+    if cs.rows("valid").size == 0:
+        raise InputError("the candidate file has no valid rows (model selection needs them)", file=cfg.candidates,
+                         field="split")
     model_dir = resolve_model(cfg.model)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model, tok = load_lm(model_dir, cfg.device)
+    bb = Backbone(model_dir, cfg.device)
+    if bb.vision:
+        prompter.images = ItemImages(ds)
     lora = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                           target_modules="all-linear", task_type="CAUSAL_LM")
-    model = peft.get_peft_model(model, lora)
+                           target_modules=bb.lora_targets, task_type="CAUSAL_LM")
+    model = peft.get_peft_model(bb.model, lora)
     train_rows = cs.rows("train")
     if cfg.max_train_users is not None and train_rows.size > cfg.max_train_users:
         train_rows = np.sort(rng.choice(train_rows, cfg.max_train_users, replace=False))
@@ -238,45 +374,85 @@ def train_llmrec(cfg: LLMRecConfig, out: str | Path, *, overwrite: bool = False,
     from ..fileio import sha256_file
 
     resolved = {**cfg.model_dump(), "model_dir": str(model_dir), "candidates_sha256": sha256_file(cfg.candidates),
-                "prompt_sources": prompter.sources, "n_train_users": int(train_rows.size)}
+                "prompt_sources": prompter.sources, "n_train_users": int(train_rows.size),
+                "images": bb.vision}
     atomic_write_text(run / CONFIG, yaml.safe_dump(resolved, sort_keys=False))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    log_lines = []
+    scorer = bb.scorer(model)
+    log_lines: list[dict[str, Any]] = []
+    sel: dict[str, Any] = {"metric": f"valid {cfg.select_metric}", "best": None, "history": []}
+    best_state: dict[str, torch.Tensor] = {}
+    best_valid: list[RankingResult] = []
     t0 = time.perf_counter()
+    eval_seconds = 0.0
+
+    def select(epoch: int, step: int) -> None:
+        nonlocal eval_seconds
+        t = time.perf_counter()
+        model.eval()
+        res = _score_split(scorer, prompter, ds, cfg.candidates, "valid", cfg.ks)
+        model.train()
+        value = float(res.metrics[cfg.select_metric])
+        sel["history"].append({"epoch": epoch, "step": step, cfg.select_metric: value})
+        log_lines.append({"eval": "valid", "epoch": epoch, "step": step, cfg.select_metric: value})
+        if sel["best"] is None or value > sel["best"][cfg.select_metric]:  # ties keep the earlier adapter
+            sel["best"] = {"epoch": epoch, "step": step, cfg.select_metric: value}
+            best_state.clear()
+            best_state.update({k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(model).items()})
+            best_valid[:] = [res]
+        eval_seconds += time.perf_counter() - t
+
+    step = 0
+    if cfg.epochs == 0:
+        select(0, 0)
     for epoch in range(cfg.epochs):
         model.train()
-        ex, n_pairs = _sft_examples(tok, prompter, train_rows, rng, cfg.max_length,
+        ex, n_pairs = _sft_examples(bb, prompter, train_rows, rng, cfg.max_length,
                                     cfg.multitask and cfg.method == "mmsrarec")
         order = rng.permutation(len(ex))
         losses = []
         for b0 in range(0, len(order), cfg.batch_size):
-            batch = collate_sft([ex[j] for j in order[b0:b0 + cfg.batch_size]], tok.pad_token_id)
+            batch = bb.collate([ex[j] for j in order[b0:b0 + cfg.batch_size]])
             loss = model(**{k: v.to(cfg.device) for k, v in batch.items()}).loss
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             losses.append(float(loss.detach()))
+            step += 1
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                select(epoch + 1, step)
         log_lines.append({"epoch": epoch + 1, "sft_loss": float(np.mean(losses)) if losses else None,
-                          "n_pairs": n_pairs, "n_examples": len(ex), "seconds": time.perf_counter() - t0})
-    train_seconds = time.perf_counter() - t0
+                          "n_pairs": n_pairs, "n_examples": len(ex), "steps": step,
+                          "seconds": time.perf_counter() - t0})
+        if not cfg.eval_every or step % cfg.eval_every:
+            select(epoch + 1, step)  # the end of every epoch is a candidate too
+    train_seconds = time.perf_counter() - t0 - eval_seconds
+    peft.set_peft_model_state_dict(model, best_state)
     atomic_write_text(run / LOG, "".join(json.dumps(r) + "\n" for r in log_lines))
     with atomic_dir(run / ADAPTER, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     model.eval()
-    return _evaluate(run, cfg, model, tok, ds, prompter, {"train_seconds": train_seconds})
+    return _evaluate(run, cfg, bb, model, ds, prompter, {"train_seconds": train_seconds, "selection": sel},
+                     known={"valid": best_valid[0]})
 
 
-def _evaluate(run: Path, cfg: LLMRecConfig, model, tok, ds: DatasetDir, prompter: Prompter,
-              extra: dict[str, Any]) -> dict[str, Any]:
-    scorer = YesNoScorer(model, tok, cfg.device)
+def _evaluate(run: Path, cfg: LLMRecConfig, bb: Backbone, model, ds: DatasetDir, prompter: Prompter,
+              extra: dict[str, Any], known: dict[str, RankingResult] | None = None) -> dict[str, Any]:
+    """Score the splits not in ``known`` (valid, test) and write the metrics record and ranks."""
+    scorer = bb.scorer(model)
     t0 = time.perf_counter()
-    results = {s: _score_split(scorer, prompter, ds, cfg.candidates, s, cfg.ks) for s in ("valid", "test")}
-    n_users = sum(r.users.size for r in results.values())
+    results = dict(known or {})
+    scored = [s for s in ("valid", "test") if s not in results]
+    for s in scored:
+        results[s] = _score_split(scorer, prompter, ds, cfg.candidates, s, cfg.ks)
+    n_users = sum(results[s].users.size for s in scored)
     extra = {**extra, "inference": {"forwards_per_user": scorer.forwards / max(n_users, 1),
                                     "seconds_per_user": (time.perf_counter() - t0) / max(n_users, 1),
-                                    "device": cfg.device}}
-    return _write_results(run, cfg, results, ds, extra)
+                                    "device": cfg.device, "splits": scored, "images": bb.vision}}
+    if prompter.images is not None:
+        extra["inference"]["items_without_image"] = dict(prompter.images.missing)
+    return _write_results(run, cfg, {s: results[s] for s in ("valid", "test")}, ds, extra)
 
 
 def evaluate_llmrec(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
@@ -289,7 +465,7 @@ def evaluate_llmrec(run_dir: str | Path, device: str | None = None) -> dict[str,
     raw = yaml.safe_load((run / CONFIG).read_text())
     sha = raw.pop("candidates_sha256", None)
     model_dir = raw.pop("model_dir", None)
-    for k in ("prompt_sources", "n_train_users"):
+    for k in ("prompt_sources", "n_train_users", "images"):
         raw.pop(k, None)
     cfg = LLMRecConfig.model_validate({**raw, **({"device": device} if device else {})})
     from ..fileio import sha256_file
@@ -299,7 +475,10 @@ def evaluate_llmrec(run_dir: str | Path, device: str | None = None) -> dict[str,
     ds = DatasetDir(cfg.data)
     cs = read_candidate_set(cfg.candidates, ds.n_items)
     prompter = Prompter(cfg, ds, cs)
-    base, tok = load_lm(model_dir or resolve_model(cfg.model), cfg.device)
-    model = peft.PeftModel.from_pretrained(base, run / ADAPTER).eval()
+    bb = Backbone(model_dir or resolve_model(cfg.model), cfg.device)
+    if bb.vision:
+        prompter.images = ItemImages(ds)
+    model = peft.PeftModel.from_pretrained(bb.model, run / ADAPTER).eval()
     old = json.loads((run / METRICS).read_text()) if (run / METRICS).exists() else {}
-    return _evaluate(run, cfg, model, tok, ds, prompter, {"train_seconds": old.get("train_seconds")})
+    return _evaluate(run, cfg, bb, model, ds, prompter, {"train_seconds": old.get("train_seconds"),
+                                                         "selection": old.get("selection")})

@@ -194,8 +194,9 @@ def create_app(recommenders: dict[str, Any], api_key: str | None = None, title: 
         """Top-``k`` items for ``history`` with title, score, image URL, dataset text and MLLM outputs.
 
         ``source``: ``model`` or ``popularity`` (no known history and ``cold: "popularity"``). LLM-recommender runs
-        re-rank a candidate list: ``candidates`` names its stage (``popularity`` or ``run:NAME``) and size, and
-        ``preference`` holds the preference text the prompt used, with its source; both are ``null`` otherwise.
+        re-rank a candidate list: ``candidates`` names its stage (``popularity`` or ``run:NAME``) and size (and for
+        runs on an image model how many prompts carried the candidate's image: ``images``), and ``preference``
+        holds the preference text the prompt used, with its source; both are ``null`` otherwise.
         """
         name, rec = _rec(req.run)
         history = list(req.history)

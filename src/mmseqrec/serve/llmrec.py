@@ -8,6 +8,10 @@ goes through two named stages:
    same query). History items are left out unless ``exclude_seen`` is false.
 2. **re-rank**: the run's yes/no scorer (its LoRA adapter on its base LM), all candidates of the query in one
    shared-prefix batched forward (:meth:`~mmseqrec.llmrec.scoring.YesNoScorer.score_shared`); score = p(yes).
+   A run on an image-text-to-text model (LLaVA, ...) is loaded and scored as ``llmrec evaluate`` does
+   (:class:`~mmseqrec.llmrec.run.Backbone`, :class:`~mmseqrec.llmrec.vision.VisionYesNoScorer`): each prompt
+   carries the candidate's image from the dataset's ``image`` column, an item without a usable image keeps the
+   text prompt, and ``result.candidates["images"]`` counts both (``with_image``, ``text_only``).
 
 The prompt is the one the run was trained and evaluated with. MLLM-MSR fills it with a user-preference summary:
 the stored one (``enrich/user-preference.parquet``) when the query names a ``user`` who has one, otherwise a text
@@ -38,6 +42,9 @@ __all__ = ["N_CANDIDATES", "LLMRecommender", "is_llmrec_run"]
 N_CANDIDATES = 20
 #: history items whose titles stand in for the summary of an ad-hoc history (MLLM-MSR)
 _TITLE_HISTORY = 10
+#: decoded item images kept between queries (image runs); beyond it the cache starts again (<= 448x448 RGB each,
+#: about 0.6 MB: a long-running server must not end up holding the whole catalogue's images)
+_IMAGE_CACHE = 512
 
 
 def is_llmrec_run(run_dir: str | Path) -> bool:
@@ -86,8 +93,7 @@ class LLMRecommender:
 
         from ..data.dataset import DatasetDir
         from ..llmrec.prompts import load_prompt_texts
-        from ..llmrec.run import ADAPTER, CONFIG, LLMRecConfig, load_lm, resolve_model
-        from ..llmrec.scoring import YesNoScorer
+        from ..llmrec.run import ADAPTER, CONFIG, Backbone, ItemImages, LLMRecConfig, resolve_model
         from ..train.run import check_data
 
         peft = require("peft", "llm", "serving an LLM-recommender run")
@@ -108,10 +114,11 @@ class LLMRecommender:
         self.n_candidates = int(n_candidates)
         self._set_stage(candidates_from, candidates_name)  # options checked before the model is loaded
         model_dir = Path(raw["model_dir"]) if raw.get("model_dir") else resolve_model(cfg.model)
-        base, tok = load_lm(model_dir, device)
-        model = peft.PeftModel.from_pretrained(base, path / ADAPTER).eval()
+        bb = Backbone(model_dir, device)  # a text LM, or an image-text-to-text model as evaluation loads it
+        model = peft.PeftModel.from_pretrained(bb.model, path / ADAPTER).eval()
         self.run = LLMRun(path, cfg, ds, model, model_dir, device)
-        self.scorer = YesNoScorer(model, tok, device)
+        self.scorer = bb.scorer(model)
+        self.images = ItemImages(ds) if bb.vision else None
         self.search = None  # candidates are re-ranked, never indexed
         self._popularity: torch.Tensor | None = None
         if cfg.method == "mllm-msr":
@@ -155,9 +162,10 @@ class LLMRecommender:
         if pool.size < cfg.similar_users:
             raise InputError(f"only {pool.size} training users for {cfg.similar_users} similar users",
                              file=cfg.candidates)
-        end = ds.sequences.indptr[cs.users[pool] + 1]
-        # keyed as in mmseqrec.llmrec.retrieval.similar_users: the history before each training row's target
-        self.pool_states = user_states(self.retriever, ds.sequences, cs.users[pool], end - 1, device=self.run.device)
+        # keyed as in mmseqrec.llmrec.retrieval.similar_users: the history before each training row's target (its
+        # position: the last item of a leave-one-out row, anywhere in the sequence for an impression row)
+        self.pool_states = user_states(self.retriever, ds.sequences, cs.users[pool], cs.hist_end(ds.sequences)[pool],
+                                       device=self.run.device)
         self.pool_users, self.pool_next = cs.users[pool], cs.targets[pool]
         self.history_len = int(cs.history.shape[1])
         self.n_similar = int(cfg.similar_users)
@@ -189,13 +197,22 @@ class LLMRecommender:
                 "source": f"history titles ({why})"}
 
     def prompts(self, known: list[int], candidates: np.ndarray, user: int | None = None
-                ) -> tuple[list[str], dict[str, str] | None]:
+                ) -> tuple[list[Any], dict[str, str] | None]:
         """The run's prompts for ``candidates`` given the known history (internal ids) and, for the summary or
-        to keep a training user out of its own neighbours, the internal ``user`` id; and the preference used."""
+        to keep a training user out of its own neighbours, the internal ``user`` id; and the preference used.
+        For a run on an image-text-to-text model each prompt is a :class:`~mmseqrec.llmrec.vision.VisionPrompt`
+        carrying the candidate's image, as :class:`~mmseqrec.llmrec.run.Prompter` builds them in evaluation (an
+        item without a usable image keeps the text prompt)."""
+        if self.images is not None and len(self.images.cache) > _IMAGE_CACHE:
+            self.images.cache.clear()
+        images = ([None] * len(candidates) if self.images is None else
+                  [self.images.get(int(i)) for i in candidates])
         if self.texts is not None:
             pref = self._preference(known, user)
             texts = dataclasses.replace(self.texts, preference=np.asarray([None, pref["text"]], dtype=object))
-            return texts.prompts(1, candidates), pref
+            text = [texts.prompt(1, int(i)) if im is None else texts.prompt_image(1, int(i))
+                    for i, im in zip(candidates, images, strict=True)]
+            return self._with_images(text, images), pref
         from ..llmrec.candidates import CandidateSet
         from ..llmrec.mmsrarec import KeywordPrompter
         from ..llmrec.retrieval import SimilarUsers
@@ -208,7 +225,14 @@ class LLMRecommender:
                            split=np.asarray(["test"]), history=hist)
         kp = KeywordPrompter(row, SimilarUsers(np.zeros_like(nxt), nxt, np.zeros(nxt.shape)), self.keywords,
                              self.kw_titles)
-        return [kp.prompt(0, int(i)) for i in candidates], None
+        return self._with_images([kp.prompt(0, int(i)) for i in candidates], images), None
+
+    def _with_images(self, texts: list[str], images: list[Any]) -> list[Any]:
+        if self.images is None:
+            return texts
+        from ..llmrec.vision import VisionPrompt
+
+        return [VisionPrompt(t, im) for t, im in zip(texts, images, strict=True)]
 
     # ------------------------------------------------------------------ the seam
     def popularity(self) -> torch.Tensor:
@@ -256,12 +280,15 @@ class LLMRecommender:
         if cands.size:
             prompts, pref = self.prompts(known, cands, uid)
             scores[torch.from_numpy(cands)] = torch.from_numpy(self.scorer.score_shared(prompts)).float()
+            if self.images is not None:
+                n_text = sum(p.image is None for p in prompts)
+                stage["images"] = {"with_image": len(prompts) - n_text, "text_only": n_text}
         return RecommendResult(items=top_k(scores, k, self.ids, self.titles), unknown=unknown, history=history,
                                source="model", candidates=stage, preference=pref)
 
     def describe(self) -> dict[str, Any]:
         """What ``/health`` and ``/runs`` show for this run."""
         return {"path": str(self.run.path), "model": self.run.config.method, "item_encoder": None,
-                "base_model": str(self.run.model_dir),
+                "base_model": str(self.run.model_dir), "images": self.images is not None,
                 "candidates": {"stage": self.stage_name, "n": self.n_candidates},
                 "index": {"kind": f"llm re-rank of {self.stage_name} top-{self.n_candidates}"}}

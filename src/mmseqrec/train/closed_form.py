@@ -1,4 +1,4 @@
-"""Fitting closed-form baselines (``pop``, ``itemknn``) inside the one trainer.
+"""Fitting closed-form baselines (``pop``, ``itemknn``; ``mostpop`` for general splits) inside the one trainer.
 
 Instead of epochs, the model is fitted once from the training prefixes, scored on validation, saved as the best
 checkpoint and scored on test by :meth:`Trainer.finish`, so the run directory has the same files as a neural
@@ -20,26 +20,33 @@ from .run import BEST, CONFIG, LOG, STATE, training_sequences
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["fit_closed_form"]
+__all__ = ["finish_single_fit", "fit_closed_form"]
 
 
 def fit_closed_form(trainer: Trainer) -> dict[str, Any]:
     """Fit ``trainer.model`` (a ``ClosedFormModel``) and write the run directory; returns ``metrics.json``."""
-    from .trainer import evaluate_model
-
-    cfg, run, split = trainer.cfg, trainer.run, trainer.split
-    atomic_write_text(run / CONFIG, dump_config(cfg))
+    cfg, split = trainer.cfg, trainer.split
+    atomic_write_text(trainer.run / CONFIG, dump_config(cfg))
     items, indptr = training_sequences(split.seqs, split.train_end)
     t0 = time.perf_counter()
     trainer.model.fit(items, indptr)
-    seconds = time.perf_counter() - t0
-    row: dict[str, Any] = {"epoch": 1, "loss": {}, "targets": int(items.size),
-                           "targets_per_s": items.size / max(seconds, 1e-9), "seconds": seconds}
+    return finish_single_fit(trainer, int(items.size), time.perf_counter() - t0)
+
+
+def finish_single_fit(trainer: Trainer, n_targets: int, seconds: float) -> dict[str, Any]:
+    """The run directory of a model fitted once (no epochs): ``config.yaml``, validation scored through the
+    trainer's ``evaluate_valid``, the best checkpoint + ``state.json``, a one-row ``log.jsonl``, then the
+    trainer's ``finish`` (test); returns ``metrics.json``. Shared by closed-form and parameter-free general
+    models (``mostpop``)."""
+    cfg, run = trainer.cfg, trainer.run
+    atomic_write_text(run / CONFIG, dump_config(cfg))
+    row: dict[str, Any] = {"epoch": 1, "loss": {}, "targets": n_targets,
+                           "targets_per_s": n_targets / seconds if seconds > 0 else 0.0, "seconds": seconds}
     state: dict[str, Any] = {"epoch": 1, "best_metric": None, "best_epoch": 1, "bad_evals": 0, "best_valid": {},
                              "stopped": True, "data": {"path": str(trainer.ds.path), **trainer.ds.identity}}
-    if len(split.valid) > 0:
+    if trainer.has_valid():
         t0 = time.perf_counter()
-        res = evaluate_model(trainer.model, split.valid, split, cfg, trainer.device, popularity=trainer.popularity)
+        res = trainer.evaluate_valid()
         row.update(valid=res.metrics, eval_seconds=time.perf_counter() - t0)
         state.update(best_valid=res.metrics, best_metric=res.metrics.get(cfg.train.select_metric))
     write_checkpoint(run, {BEST: lambda p: save_model(p, trainer.model, {"epoch": "1"})}, state, STATE)

@@ -32,12 +32,14 @@ from ..fileio import atomic_write_json
 from ..models.graph import GeneralModel
 from ..registry import model_spec
 from .checkpoint import load_model, save_model
+from .closed_form import finish_single_fit
 from .config import ExperimentConfig, load_experiment
 from .run import BEST, CONFIG, METRICS, RANKS, check_data, resolve_device
+from .schedule import set_lr
 from .trainer import Trainer
 
 __all__ = ["GeneralRun", "GeneralTrainer", "TripleBatches", "build_general_model", "evaluate_general",
-           "is_general", "load_general_run", "load_general_tensors"]
+           "is_general", "load_general_run", "load_general_tensors", "stand_in_profiles"]
 
 
 def is_general(cfg: ExperimentConfig) -> bool:
@@ -98,6 +100,24 @@ def load_general_tensors(cfg: ExperimentConfig, data_dir: str | Path, n_users: i
     return out
 
 
+def stand_in_profiles(cfg: ExperimentConfig, split: GeneralSplit, interactions, tensors: dict[str, torch.Tensor]
+                      ) -> dict[str, torch.Tensor]:
+    """MLLMRec's ``profile_stand_in: item-mean`` (no language model): each user's input is the mean of the item
+    features over the items :func:`~mmseqrec.data.general_split.profile_pairs` allows (``profile_source``:
+    training items only, or every interaction for the leaky variant); users with none get a zero row.
+    Returns ``{profile_key: [n_users + 1, D]}`` (empty for other models)."""
+    if getattr(cfg.model, "profile_stand_in", "none") == "none":
+        return {}
+    from ..data.general_split import profile_pairs
+    from ..models.graph import item_features
+
+    feats = item_features(cfg.model, tensors)
+    u, i = (torch.from_numpy(a) for a in profile_pairs(split, interactions, cfg.model.profile_source))
+    sums = torch.zeros(split.n_users + 1, feats.shape[1]).index_add_(0, u, feats[i])
+    counts = torch.bincount(u, minlength=split.n_users + 1).clamp_min(1).float()
+    return {cfg.model.profile_key(): sums / counts[:, None]}
+
+
 def build_general_model(cfg: ExperimentConfig, split: GeneralSplit, tensors: dict[str, torch.Tensor]
                         ) -> GeneralModel:
     """The registry's general model for ``cfg.model`` on the split's *training* graph (weights from the torch
@@ -136,14 +156,27 @@ class GeneralTrainer(Trainer):
         self.device = resolve_device(cfg.train.device)
         self.ds = DatasetDir(cfg.data.path)
         self.split = general_split(self.ds.interactions, self.ds.n_users, self.ds.n_items, str(cfg.data.split))
+        if len(self.split.test) == 0:
+            most = int(sum(self.split.part(p).counts for p in ("train", "valid", "test")).max(initial=0))
+            raise InputError(f"split {self.split.spec} leaves no test targets (no user has enough distinct "
+                             f"items; the most any user has is {most})", file=self.ds.path, field="data.split")
         torch.manual_seed(cfg.seed)
         tensors = load_general_tensors(cfg, cfg.data.path, self.ds.n_users, self.ds.n_items)
+        tensors.update(stand_in_profiles(cfg, self.split, self.ds.interactions, tensors))
         self.model = build_general_model(cfg, self.split, tensors).to(self.device)
         self.batches = TripleBatches(self.split.train, self.ds.n_items, cfg.train.batch_size, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # parameter-free models (mostpop) are fitted once, see fit()
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay) \
+            if params else None
         self.n_params = int(sum(p.numel() for p in params))
         self._make_run_dir()
+
+    def fit(self) -> dict[str, Any]:
+        """The one trainer's loop; a model without parameters (``mostpop``) is scored once instead."""
+        if self.optimizer is None:
+            return finish_single_fit(self, len(self.split.train), 0.0)
+        return super().fit()
 
     def train_epoch(self, epoch: int, progress=None) -> dict[str, Any]:
         """Every training pair once (seeded order, one negative each); mean loss parts, pairs/s, seconds."""
@@ -156,7 +189,8 @@ class GeneralTrainer(Trainer):
         n_batches = n_targets = 0
         task = progress.add_task(f"epoch {epoch + 1}", total=len(self.batches), info="") if progress else None
         t0 = time.perf_counter()
-        for users, pos, neg in self.batches.epoch(cfg.seed, epoch):
+        for i, (users, pos, neg) in enumerate(self.batches.epoch(cfg.seed, epoch)):
+            set_lr(self.optimizer, cfg.train, epoch * len(self.batches) + i, len(self.batches))
             total, parts = self.model.loss(users, pos, neg)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -231,7 +265,9 @@ def load_general_run(run_dir: str | Path, device: str | None = None, data_dir: s
     check_data(run, ds, force=force)
     split = general_split(ds.interactions, ds.n_users, ds.n_items, str(cfg.data.split))
     dev = resolve_device(device or cfg.train.device)
-    model = build_general_model(cfg, split, load_general_tensors(cfg, data, ds.n_users, ds.n_items))
+    tensors = load_general_tensors(cfg, data, ds.n_users, ds.n_items)
+    tensors.update(stand_in_profiles(cfg, split, ds.interactions, tensors))
+    model = build_general_model(cfg, split, tensors)
     load_model(run / BEST, model)
     model.to(dev).eval()
     return GeneralRun(run, cfg, model, ds, split, dev)

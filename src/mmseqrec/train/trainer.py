@@ -58,6 +58,7 @@ from .run import (
     load_tensors,
     resolve_device,
 )
+from .schedule import set_lr
 
 __all__ = ["Trainer", "evaluate_model", "make_score_fn", "train"]
 
@@ -249,7 +250,8 @@ class Trainer:
         n_batches = n_targets = 0
         task = progress.add_task(f"epoch {epoch + 1}", total=len(self.batches), info="") if progress else None
         t0 = time.perf_counter()
-        for lengths, batch in self.batches.epoch(cfg.seed, epoch):
+        for i, (lengths, batch) in enumerate(self.batches.epoch(cfg.seed, epoch)):
+            set_lr(self.optimizer, cfg.train, epoch * len(self.batches) + i, len(self.batches))
             lengths, batch, weight = self._shard(lengths, batch)
             with self._autocast():
                 total, parts = self._loss(batch)

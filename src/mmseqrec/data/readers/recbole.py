@@ -1,5 +1,6 @@
 """``recbole``: RecBole atomic files: ``<name>.inter`` and optionally ``<name>.item`` (tab-separated, typed
-headers such as ``user_id:token  item_id:token  rating:float  timestamp:float``).
+headers such as ``user_id:token  item_id:token  rating:float  timestamp:float``, or MMRec's untyped ones such
+as ``userID  itemID  rating  timestamp  x_label``).
 
 Field names come from :class:`ReaderOptions` (``user_col``/``item_col``/``time_col``; the rating field is
 ``rating_col`` or ``rating`` when present). Without a timestamp field, file order is time. In ``.item`` the
@@ -33,13 +34,22 @@ _CATEGORY_FIELDS = ("class", "genre", "genres", "categories", "category")
 
 
 def parse_header(path: Path) -> list[tuple[str, str]]:
-    """``name:type`` pairs of an atomic file header."""
+    """``name:type`` pairs of an atomic file header. MMRec's files have untyped headers (``userID  itemID
+    rating  timestamp  x_label``): when no field has a type, every field is read as ``token`` (values are
+    parsed by the reader anyway); a header mixing typed and untyped fields, or one that looks like a data row
+    (every field a number), is an error."""
     header = first_line(path).rstrip("\r\n")
+    toks = header.split("\t")
+    if not any(":" in t for t in toks):
+        if all(_is_number(t) for t in toks):
+            raise InputError("the first line looks like a data row, not a header (an atomic file starts with "
+                             "its field names, e.g. user_id:token or user_id)", file=path, line=1)
+        return [(t, "token") for t in toks]
     fields = []
-    for i, tok in enumerate(header.split("\t")):
+    for i, tok in enumerate(toks):
         if ":" not in tok:
             raise InputError(
-                f"header field {tok!r} is not of the form name:type",
+                f"header field {tok!r} is not of the form name:type (the other fields are typed)",
                 file=path,
                 line=1,
                 field=f"column {i + 1}",
@@ -49,6 +59,14 @@ def parse_header(path: Path) -> list[tuple[str, str]]:
             raise InputError(f"unknown atomic type {typ!r}", file=path, line=1, field=name)
         fields.append((name, typ))
     return fields
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_atomic(path: Path) -> pl.DataFrame:
