@@ -265,3 +265,27 @@ def test_report_references_pair_every_variant_with_a_baseline_on_its_own_backbon
     assert "p NDCG@10 vs P (raw / Holm)" in md and "against **P**" in md
     with pytest.raises(ValueError, match="references names unknown variant"):
         GridConfig(datasets={"d": "x"}, variants={"A": {}}, references=["Q"])
+
+
+def test_report_counts_a_pair_met_twice_once_in_the_holm_family(tmp_path):
+    """A one-backbone baseline A and a reference P meet twice (P against A as the baseline, A against P as the
+    reference): one hypothesis, so the Holm family has 3 members (B vs A, B vs P, A vs P), not 4."""
+    base = _frames()[("A", "sasrec")]
+    rng = np.random.default_rng(7)
+    frames = {(v, bb): base.with_columns(pl.Series("rank", rng.integers(0, 40, base.height)))
+              for v in "ABP" for bb in ("sasrec", "pop")}
+    grid = GridConfig(name="twice", datasets={"d": "/nonexistent"}, backbones=["sasrec"],
+                      variants={"A": {}, "B": {}, "P": {}}, baseline="A", seeds=[1], protocols=["full"],
+                      metrics=["NDCG@10"], references=["P"],
+                      variant_backbones={"P": ["pop"], "A": ["sasrec"], "B": ["sasrec"]})
+    _write_runs(grid, tmp_path, frames)
+    s = summarise(grid, tmp_path)
+    p_row = s.filter(pl.col("variant") == "P")
+    a_row = s.filter(pl.col("variant") == "A")
+    b_row = s.filter(pl.col("variant") == "B")
+    assert p_row["p_wilcoxon"][0] == a_row["p_vs_P"][0]  # the same test, seen from both sides
+    raw = np.array([b_row["p_wilcoxon"][0], b_row["p_vs_P"][0], a_row["p_vs_P"][0]])
+    adj = adjust_pvalues(raw, "holm")
+    assert b_row["p_adj"][0] == pytest.approx(adj[0]) and b_row["p_adj_vs_P"][0] == pytest.approx(adj[1])
+    assert p_row["p_adj"][0] == pytest.approx(adj[2]) and a_row["p_adj_vs_P"][0] == pytest.approx(adj[2])
+    assert "(3 comparisons" in to_markdown(grid, s)

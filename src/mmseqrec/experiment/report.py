@@ -97,9 +97,12 @@ def _tests(grid: GridConfig, out: str | Path) -> pl.DataFrame:
             kind = None if multi else parse_metric(metric)[0]
             res = paired_test(frames(base), frames(recs), metric, ties=recs[0].protocol.ties,
                               n_negatives=recs[0].n_negatives if kind == "AUC" else None, per_user=multi)
+            # the same two run groups may meet twice (a variant against a one-backbone baseline, and that
+            # baseline against the variant as a reference): one hypothesis, counted once in the Holm family
+            pair = "|".join(sorted((str(id(base)), str(id(recs))))) + "|" + metric
             rows.append({"dataset": ds, "backbone": bb, "variant": var, "protocol": p, "metric": metric,
                          "reference": ref, "n_cases": res["n"], "p_wilcoxon": res["p_wilcoxon"],
-                         "p_ttest": res["p_ttest"]})
+                         "p_ttest": res["p_ttest"], "pair": pair})
 
     refs = [v for v in grid.references if v != grid.baseline]
     for (ds, var, bb, p), recs in groups.items():
@@ -111,16 +114,23 @@ def _tests(grid: GridConfig, out: str | Path) -> pl.DataFrame:
             if ref_recs:
                 test(ds, bb, var, p, ref, ref_recs, recs, grid.metrics[:1])
     schema = {"dataset": pl.Utf8, "backbone": pl.Utf8, "variant": pl.Utf8, "protocol": pl.Utf8, "metric": pl.Utf8,
-              "reference": pl.Utf8, "n_cases": pl.Int64, "p_wilcoxon": pl.Float64, "p_ttest": pl.Float64}
+              "reference": pl.Utf8, "n_cases": pl.Int64, "p_wilcoxon": pl.Float64, "p_ttest": pl.Float64,
+              "pair": pl.Utf8}
     tests = pl.DataFrame(rows, schema=schema)
     adj = np.full(tests.height, np.nan)
+    family = np.zeros(tests.height, dtype=np.int64)
     if tests.height:
         table = tests.select(pl.struct("dataset", "protocol").rank("dense")).to_series().to_numpy()
         p_raw = tests["p_wilcoxon"].to_numpy()
-        for t in np.unique(table):  # one family per results table
-            sel = table == t
-            adj[sel] = adjust_pvalues(p_raw[sel], grid.p_adjust)
-    return tests.with_columns(pl.Series("p_adj", adj, dtype=pl.Float64), pl.lit(grid.p_adjust).alias("p_adjust"))
+        pairs = tests["pair"].to_numpy()
+        for t in np.unique(table):  # one family per results table, each distinct hypothesis once
+            idx = np.flatnonzero(table == t)
+            uniq, first, inverse = np.unique(pairs[idx], return_index=True, return_inverse=True)
+            adj[idx] = adjust_pvalues(p_raw[idx][first], grid.p_adjust)[inverse]
+            family[idx] = len(uniq)
+    return tests.drop("pair").with_columns(pl.Series("p_adj", adj, dtype=pl.Float64),
+                                           pl.lit(grid.p_adjust).alias("p_adjust"),
+                                           pl.Series("n_family", family, dtype=pl.Int64))
 
 
 def summarise(grid: GridConfig, out: str | Path) -> pl.DataFrame:
@@ -138,8 +148,10 @@ def summarise(grid: GridConfig, out: str | Path) -> pl.DataFrame:
         return agg
     keys = ["dataset", "backbone", "variant", "protocol", "metric"]
     tests = _tests(grid, out)
-    out_df = agg.join(tests.filter(pl.col("reference") == (grid.baseline or "")).drop("reference"), on=keys,
-                      how="left", maintain_order="left")
+    out_df = agg.join(tests.filter(pl.col("reference") == (grid.baseline or "")).drop("reference", "n_family"),
+                      on=keys, how="left", maintain_order="left")
+    fam = tests.group_by("dataset", "protocol").agg(pl.col("n_family").max())
+    out_df = out_df.join(fam, on=["dataset", "protocol"], how="left", maintain_order="left")
     for ref in (v for v in grid.references if v != grid.baseline):
         vs = tests.filter(pl.col("reference") == ref).select(
             *keys, pl.col("p_wilcoxon").alias(f"p_vs_{ref}"), pl.col("p_adj").alias(f"p_adj_vs_{ref}"))
@@ -207,8 +219,8 @@ def to_markdown(grid: GridConfig, summary: pl.DataFrame) -> str:
             for ref in refs:
                 head.append(f"p {grid.metrics[0]} vs {ref} (raw / {adj})")
                 rule.append("---")
-            n_tests = int(sub["p_wilcoxon"].is_not_null().sum()) if test else 0
-            n_tests += sum(int(sub[f"p_vs_{v}"].is_not_null().sum()) for v in refs)
+            # distinct hypotheses in the Holm family (a pair of run groups met twice is counted once)
+            n_tests = int(sub["n_family"].max() or 0) if test and "n_family" in sub.columns else 0
             ns = sorted(set(sub["n_cases"].drop_nulls().to_list())) if test else []
             cases = f", n = {'/'.join(str(n) for n in ns)} paired cases" if ns else ""
             lines += [f"## {ds} — protocol `{proto}`" + (f" ({n_tests} comparisons{cases})" if test else ""), "",
