@@ -169,6 +169,11 @@ class ItemImages:
             self.cache[item] = None if img is None else resize_to_budget(img, self.max_pixels)
         return self.cache[item]
 
+    def trim(self, max_items: int) -> None:
+        """Forget the decoded images once more than ``max_items`` are held (a long-running server)."""
+        if len(self.cache) > max_items:
+            self.cache.clear()
+
 
 class Prompter:
     """``prompt(row, item)`` for the rows of a candidate set, per method; ``aux(row)`` the auxiliary SFT pairs."""

@@ -203,8 +203,8 @@ class LLMRecommender:
         For a run on an image-text-to-text model each prompt is a :class:`~mmseqrec.llmrec.vision.VisionPrompt`
         carrying the candidate's image, as :class:`~mmseqrec.llmrec.run.Prompter` builds them in evaluation (an
         item without a usable image keeps the text prompt)."""
-        if self.images is not None and len(self.images.cache) > _IMAGE_CACHE:
-            self.images.cache.clear()
+        if self.images is not None:
+            self.images.trim(_IMAGE_CACHE)
         images = ([None] * len(candidates) if self.images is None else
                   [self.images.get(int(i)) for i in candidates])
         if self.texts is not None:
