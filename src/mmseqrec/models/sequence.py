@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .base import Backbone, ItemEncoder
 from .bert4rec import cloze
-from .losses import ObjectiveConfig, logq_from_counts, next_item_loss
+from .losses import ObjectiveConfig, history_keys, history_negatives, logq_from_counts, next_item_loss
 
 __all__ = ["Batch", "Regularizer", "SequenceModel"]
 
@@ -75,10 +75,24 @@ class SequenceModel(nn.Module):
         self.bidirectional = bool(getattr(backbone, "cloze", not getattr(backbone, "causal", True)))
         self.mask_id = self.n_items + 1 if self.bidirectional else None
         self.register_buffer("sampling_log_q", None, persistent=False)  # sampled-softmax-logq only
+        self.register_buffer("history", None, persistent=False)  # negatives_exclude: history only
 
     def set_sampling_counts(self, counts: Tensor) -> None:
         """Training counts ``[n_items + 1]`` that ``sampled-softmax-logq`` samples negatives from."""
         self.sampling_log_q = logq_from_counts(torch.as_tensor(counts)).to(next(self.parameters()).device)
+
+    def set_history(self, items: Tensor, indptr: Tensor) -> None:
+        """Each user's training items (CSR, row = user id) that ``negatives_exclude: history`` avoids."""
+        dev = next(self.parameters()).device
+        self.history = history_keys(torch.as_tensor(items).to(dev), torch.as_tensor(indptr).to(dev), self.n_items)
+
+    def _negatives(self, users: Tensor, generator: torch.Generator | None) -> Tensor | None:
+        """``bce`` negatives for rows owned by ``users`` outside their histories (``None``: the loss draws)."""
+        if self.objective.negatives_exclude != "history":
+            return None
+        if self.history is None:
+            raise RuntimeError("negatives_exclude: history needs the training histories (set_history)")
+        return history_negatives(users, self.n_items, self.history, generator)
 
     # ------------------------------------------------------------------ encoding
     def hidden(self, input_ids: Tensor, table: Tensor | None = None) -> Tensor:
@@ -151,8 +165,10 @@ class SequenceModel(nn.Module):
                 inputs, targets = torch.cat([inputs, last_in]), torch.cat([targets, last_t])
             h = self.hidden(inputs, table)
             sel = targets.reshape(-1).nonzero().squeeze(1)  # cloze targets are sparse: gather them
+            owner = batch.users.repeat(targets.shape[0] // seq.shape[0]).repeat_interleave(targets.shape[1])
             rec = next_item_loss(h.reshape(-1, h.shape[-1])[sel], targets.reshape(-1)[sel], items,
-                                 self.objective, generator=generator, log_q=self.sampling_log_q)
+                                 self.objective, generator=generator, log_q=self.sampling_log_q,
+                                 negatives=self._negatives(owner[sel], generator))
             last = h[: seq.shape[0], -1]
         else:
             inputs = seq[:, :-1]
@@ -162,10 +178,12 @@ class SequenceModel(nn.Module):
             h = self.hidden(inputs, table)
             if self.objective.positions == "last":
                 rec = next_item_loss(h[:, -1], targets[:, -1], items, self.objective, generator=generator,
-                                     log_q=self.sampling_log_q)
+                                     log_q=self.sampling_log_q, negatives=self._negatives(batch.users, generator))
             else:
+                owner = batch.users.repeat_interleave(targets.shape[1])
                 rec = next_item_loss(h.reshape(-1, h.shape[-1]), targets.reshape(-1), items, self.objective,
-                                     generator=generator, log_q=self.sampling_log_q)
+                                     generator=generator, log_q=self.sampling_log_q,
+                                     negatives=self._negatives(owner, generator))
             last = h[:, -1]
         parts: dict[str, Tensor] = {"rec": rec}
         parts.update(self.item_encoder.aux_losses(seq, table))
