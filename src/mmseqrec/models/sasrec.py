@@ -180,6 +180,8 @@ class _SASRecBlock(_Block):
 class TransformerBackbone(Backbone):
     """Shared transformer encoder of SASRec (causal by default) and BERT4Rec (bidirectional).
 
+    Trimming-invariant (``trim_invariant``): masked padding keys, or unmasked ones counted up to ``max_len``.
+
     Parameters
     ----------
     dim : model width (= item encoder width).
@@ -195,6 +197,7 @@ class TransformerBackbone(Backbone):
             raise ValueError(f"unknown block {block!r} or positions {positions!r}")
         self.dim, self.causal, self.max_len, self.pre_ln = int(dim), bool(causal), int(max_len), bool(pre_ln)
         self.block, self.from_start, self.mask_padding = block, positions == "from-start", bool(mask_padding)
+        self.trim_invariant = True
         # from-start numbers real items 1..n and gives padding 0 (one more row)
         self.positions = nn.Embedding(self.max_len + int(self.from_start), self.dim)
         self.dropout = Dropout(dropout)

@@ -116,6 +116,10 @@ class SequenceModel(nn.Module):
 
     def _inference_ids(self, input_ids: Tensor) -> Tensor:
         input_ids = input_ids[:, -self.max_len:]
+        if getattr(self.backbone, "trim_invariant", False):  # evaluation histories come max_len wide
+            real = (input_ids != 0).any(0)
+            if bool(real.any()):
+                input_ids = input_ids[:, int(real.int().argmax()):]
         if not self.bidirectional:
             return input_ids
         mask_col = torch.full_like(input_ids[:, :1], self.mask_id)
