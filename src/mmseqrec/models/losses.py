@@ -6,11 +6,11 @@ All take user states ``h [M, D]``, target ids ``t [M]`` (0 = no target, ignored)
 They are dense over ``M`` (no boolean indexing), so they trace under ``torch.compile`` / CUDA graphs.
 
 Negatives are drawn uniformly from ``1..n_items`` on the device of ``h`` with torch; history items are *not*
-excluded by default (as in most reference code except the original SASRec sampler). ``bce`` with
-``negatives_exclude: history`` draws each row's negative uniformly from the items outside its user's training
-sequence (LLM-ESR's ``random_neq``; :func:`history_negatives`, rejection sampling over the whole batch). ``sampled-softmax`` and ``gbce`` use
-``n_negatives`` negatives shared by the whole batch; a negative equal to a row's target is masked out of
-that row (no accidental hits). ``bce`` draws one negative per position, as the SASRec paper.
+excluded by default (as in most reference code except the original SASRec sampler). ``sampled-softmax`` and
+``gbce`` use ``n_negatives`` negatives shared by the whole batch; a negative equal to a row's target is masked
+out of that row (no accidental hits). ``bce`` draws one negative per position, as the SASRec paper; with
+``negatives_exclude: history`` each row's negative is uniform over the items outside its user's training
+sequence (LLM-ESR's ``random_neq``; :func:`history_negatives`, rejection sampling over the whole batch).
 
 gBCE (Petrov & Macdonald, gSASRec, RecSys 2023): with ``alpha = n_negatives / (n_items - 1)`` and
 calibration ``t`` the positive term is ``-beta * log sigmoid(s+)`` where

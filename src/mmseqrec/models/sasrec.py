@@ -229,7 +229,7 @@ class TransformerBackbone(Backbone):
     def encode(self, h: Tensor, mask: Tensor) -> Tensor:
         """The blocks over embedded inputs ``h [B, L, d]`` (no positions added) -> states ``[B, L, d]``."""
         n = h.shape[1]
-        copies = 0 if self.mask_padding else self.max_len - n
+        copies = 0 if self.mask_padding else max(self.max_len - n, 0)
         if copies > 0:  # unmasked padding keys: one zero column stands for the max_len - n missing ones
             h = F.pad(h, (0, 0, 1, 0))
             mask = torch.cat([mask.new_zeros(mask.shape[0], 1), mask], 1)
@@ -246,7 +246,7 @@ class TransformerBackbone(Backbone):
         else:
             am = torch.ones(m, m, dtype=torch.bool, device=h.device).tril() if self.causal else None
         for blk in self.blocks:
-            h = blk(h, am, max(copies, 0)) * keep
+            h = blk(h, am, copies) * keep
         return (self.final_norm(h) * keep)[:, -n:]
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
