@@ -7,7 +7,9 @@ LLM-ESR's backbone has no key-padding mask (``mask_padding: false``), so every p
 padding keys (``models/sasrec.py``), and evaluation drops the columns that are padding in every row. Same values
 (tests: ``test_unmasked_padding_keys_collapse_to_one_column``,
 ``test_inference_drops_all_padding_columns_without_changing_states``). ``--mode full-width`` re-creates the
-former cost by padding every ``encode`` input to ``max_len`` (student, self-distillation teacher, evaluation).
+former cost: evaluation histories stay ``max_len`` wide, and a transformer without a key-padding mask pads every
+``encode`` input to ``max_len`` (student, self-distillation teacher, evaluation); GRU4Rec trained on trimmed
+batches before too.
 
 One thread; CPU seconds (``time.process_time``) next to wall seconds, and the load average.
 
@@ -34,7 +36,11 @@ from mmseqrec.train import Trainer
 
 
 def full_width(backbone: torch.nn.Module) -> None:
-    """Pad every ``encode`` input to ``max_len`` (the former path of ``mask_padding: false``)."""
+    """The former path: no trimming of evaluation histories; with ``mask_padding: false`` every ``encode``
+    input padded to ``max_len``."""
+    backbone.trim_invariant = False
+    if getattr(backbone, "mask_padding", True):
+        return
     encode = backbone.encode
 
     def padded(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
