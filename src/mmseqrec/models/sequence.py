@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Backbone, ItemEncoder
-from .bert4rec import cloze
+from .bert4rec import cloze_batch
 from .losses import ObjectiveConfig, history_keys, history_negatives, logq_from_counts, next_item_loss
 
 __all__ = ["Batch", "Regularizer", "SequenceModel"]
@@ -159,14 +159,9 @@ class SequenceModel(nn.Module):
         seq = batch.seq
         if self.bidirectional:
             ids = seq[:, -self.max_len:]
-            inputs, targets = cloze(ids, float(getattr(self.backbone, "mask_prob", 0.2)), self.n_items,
-                                    self.mask_id, generator)
-            if getattr(self.backbone, "last_item_copy", False):
-                last_in = ids.clone()
-                last_in[:, -1] = torch.where(ids[:, -1] != 0, self.mask_id, 0)
-                last_t = torch.zeros_like(ids)
-                last_t[:, -1] = ids[:, -1]
-                inputs, targets = torch.cat([inputs, last_in]), torch.cat([targets, last_t])
+            inputs, targets = cloze_batch(ids, float(getattr(self.backbone, "mask_prob", 0.2)), self.n_items,
+                                          self.mask_id, bool(getattr(self.backbone, "last_item_copy", False)),
+                                          generator)
             h = self.hidden(inputs, table)
             sel = targets.reshape(-1).nonzero().squeeze(1)  # cloze targets are sparse: gather them
             owner = batch.users.repeat(targets.shape[0] // seq.shape[0]).repeat_interleave(targets.shape[1])
