@@ -110,7 +110,7 @@ def run_recipe(name: str, sets: list[str], args, targets: dict[str, float] | Non
                 else:
                     extra += dt
                 vals[p] = float(res.metrics["NDCG@10"])
-            point = {"epoch": epoch + 1, "clock_s": round(wall, 2), "cpu_s": round(cpu, 2), **vals}
+            point = {"epoch": epoch + 1, "clock_s": round(wall, 3), "cpu_s": round(cpu, 3), **vals}
             if args.test_curve:  # off the clock, never used for selection: for budget analyses only
                 point["test_full"] = round(float(_evaluate(trainer, "full", trainer.split.test
                                                            ).metrics["NDCG@10"]), 5)
@@ -143,7 +143,7 @@ def run_recipe(name: str, sets: list[str], args, targets: dict[str, float] | Non
         else:
             test = _evaluate(trainer, "full", trainer.split.test).metrics
         return {"recipe": name, "overrides": sets, "epochs": epochs_run, "eval_every": every,
-                "clock_s": round(wall, 1), "cpu_s": round(cpu, 1), "train_cpu_s": round(train_cpu, 1),
+                "clock_s": round(wall, 3), "cpu_s": round(cpu, 3), "train_cpu_s": round(train_cpu, 3),
                 "extra_eval_s": round(extra, 1), "best_epoch": best_epoch, "best_valid": best,
                 "reached_s": reached, "reached_cpu_s": reached_cpu, "test_NDCG@10": float(test["NDCG@10"]),
                 "test_HR@10": float(test["HR@10"]), "curve": curve}
