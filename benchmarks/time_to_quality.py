@@ -8,7 +8,8 @@ and the ``--also`` protocols (default ``sampled:100``). Two clocks run on the sa
 load-independent figure). Both count training plus the full-ranking validation each recipe needs for model
 selection, the same way for every recipe; the extra protocols are scored off the clock. ``train CPU s`` is the
 training alone. A recipe stops at ``--max-epochs`` (or its ``train.epochs``), ``--budget-s`` wall seconds or
-``--budget-cpu-s`` CPU seconds on the clock, or after ``--patience`` evaluations without improvement of the full-ranking valid NDCG@10.
+``--budget-cpu-s`` CPU seconds on the clock, when ``--stop-file``
+appears, or after ``--patience`` evaluations without improvement of the full-ranking valid NDCG@10.
 
 The first recipe is the reference: unless ``--target`` is given, the targets are the reference's best
 validation NDCG@10 under each protocol (at convergence), and the table gives every recipe's time to reach them
@@ -131,7 +132,8 @@ def run_recipe(name: str, sets: list[str], args, targets: dict[str, float] | Non
                       + " ".join(f"{p}={v:.4f}" for p, v in vals.items())
                       + (f" (test {point['test_full']:.4f})" if args.test_curve else ""), flush=True)
             if ((args.patience and bad >= args.patience) or (args.budget_s and wall >= args.budget_s)
-                    or (args.budget_cpu_s and cpu >= args.budget_cpu_s)):
+                    or (args.budget_cpu_s and cpu >= args.budget_cpu_s)
+                    or (args.stop_file and os.path.exists(args.stop_file))):
                 break
         if best_state is not None:
             trainer.model.load_state_dict(best_state)
@@ -177,6 +179,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=10, help="evaluations without improvement (0 = off)")
     ap.add_argument("--budget-s", type=float, default=0.0, help="stop a recipe after this many wall seconds")
     ap.add_argument("--budget-cpu-s", type=float, default=0.0, help="stop a recipe after this many CPU seconds")
+    ap.add_argument("--stop-file", default=None,
+                    help="stop the current recipe at its next evaluation once this file exists (a documented cap)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--keep", default=None, help="keep each recipe as a run directory DIR/NAME")
