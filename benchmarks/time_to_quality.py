@@ -75,7 +75,7 @@ def _evaluate(trainer, protocol: str, evalset=None):
                           trainer.cfg, trainer.device, protocol=protocol, popularity=trainer.popularity)
 
 
-def run_recipe(name: str, sets: list[str], args, targets: dict[str, float] | None) -> dict:
+def run_recipe(name: str, sets: list[str], args) -> dict:
     cfg = load_experiment(None, [f"data.path={args.data}", "train.progress=false", "eval.ks=[10]",
                                  f"train.num_threads={args.threads}", "train.device=cpu", f"seed={args.seed}",
                                  *PRESETS.get(args.preset, []), *args.set, *sets])
@@ -89,8 +89,6 @@ def run_recipe(name: str, sets: list[str], args, targets: dict[str, float] | Non
         best: dict[str, float] = {}
         best_metrics: dict = {}
         best_state, best_epoch, bad = None, 0, 0
-        reached: dict[str, float | None] = {p: None for p in protocols}
-        reached_cpu: dict[str, float | None] = {p: None for p in protocols}
         curve, log = [], []
         for epoch in range(max_epochs):
             c0 = time.process_time()
@@ -117,9 +115,6 @@ def run_recipe(name: str, sets: list[str], args, targets: dict[str, float] | Non
                                                            ).metrics["NDCG@10"]), 5)
             curve.append(point)
             log[-1]["valid"] = vals
-            for p in protocols:
-                if targets and reached[p] is None and vals[p] >= targets[p]:
-                    reached[p], reached_cpu[p] = wall, cpu
             if vals["full"] > best.get("full", -1.0):
                 best, best_epoch, bad, best_metrics = dict(vals), epoch + 1, 0, full_metrics
                 best_state = copy.deepcopy(trainer.model.state_dict())
@@ -147,7 +142,7 @@ def run_recipe(name: str, sets: list[str], args, targets: dict[str, float] | Non
         return {"recipe": name, "overrides": sets, "epochs": epochs_run, "eval_every": every,
                 "clock_s": round(wall, 3), "cpu_s": round(cpu, 3), "train_cpu_s": round(train_cpu, 3),
                 "extra_eval_s": round(extra, 1), "best_epoch": best_epoch, "best_valid": best,
-                "reached_s": reached, "reached_cpu_s": reached_cpu, "test_NDCG@10": float(test["NDCG@10"]),
+                "test_NDCG@10": float(test["NDCG@10"]),
                 "test_HR@10": float(test["HR@10"]), "curve": curve}
 
 
@@ -165,11 +160,13 @@ def _fmt(x: float | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="prepared dataset directory")
+    ap.add_argument("--data", default=None, help="prepared dataset directory")
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="base settings (see PRESETS)")
     ap.add_argument("--set", action="append", default=[], help="override for every recipe (key=value)")
-    ap.add_argument("--recipe", action="append", required=True,
+    ap.add_argument("--recipe", action="append", default=[],
                     help="NAME:key=value,key=value (the first recipe is the reference)")
+    ap.add_argument("--from-json", nargs="+", default=None,
+                    help="no training: report the --json files of earlier runs side by side (reference first)")
     ap.add_argument("--also", nargs="*", default=["sampled:100"], help="extra validation protocols (off the clock)")
     ap.add_argument("--target", default=None,
                     help="targets instead of the reference's: a valid NDCG@10 (full), or full=X,sampled:100=Y")
@@ -189,28 +186,29 @@ def main() -> None:
                     help="also score test after every evaluation (off the clock; --json curves only)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
+    if not args.from_json and (not args.recipe or not args.data):
+        ap.error("--data and at least one --recipe are needed (or --from-json)")
     if args.eval_every is not None:
         args.set = [f"train.eval_every={args.eval_every}", *args.set]
     torch.set_num_threads(args.threads)
     print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
     protocols = ["full", *args.also]
-    results, targets = [], None
-    if args.target is not None:
-        targets = _parse_targets(args.target, protocols)
-    for i, spec in enumerate(args.recipe):
-        name, sets = _overrides(spec)
-        res = run_recipe(name, sets, args, targets)
-        if i == 0 and targets is None:
-            targets = dict(res["best_valid"])
-            res["reached_s"] = {p: None for p in targets}
-            res["reached_cpu_s"] = {p: None for p in targets}
-            for pt in res["curve"]:  # the reference's own time to its best
-                for p in targets:
-                    if res["reached_s"][p] is None and pt[p] >= targets[p]:
-                        res["reached_s"][p], res["reached_cpu_s"][p] = pt["clock_s"], pt["cpu_s"]
-        results.append(res)
-        print(f"done {name}: {json.dumps({k: v for k, v in res.items() if k != 'curve'})}", flush=True)
-        print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
+    if args.from_json:  # report runs made earlier (e.g. recipes run as separate processes), reference first
+        results = [r for f in args.from_json for r in json.loads(Path(f).read_text())]
+    else:
+        results = []
+        for spec in args.recipe:
+            name, sets = _overrides(spec)
+            res = run_recipe(name, sets, args)
+            results.append(res)
+            print(f"done {name}: {json.dumps({k: v for k, v in res.items() if k != 'curve'})}", flush=True)
+            print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
+    targets = _parse_targets(args.target, protocols) if args.target else dict(results[0]["best_valid"])
+    for r in results:  # first evaluation at or above each target (the reference: its own time to its best)
+        r["reached_s"] = {p: next((pt["clock_s"] for pt in r["curve"] if pt[p] >= targets[p]), None)
+                          for p in protocols}
+        r["reached_cpu_s"] = {p: next((pt["cpu_s"] for pt in r["curve"] if pt[p] >= targets[p]), None)
+                              for p in protocols}
     print("\ntargets (valid NDCG@10): " + ", ".join(f"{p} {targets[p]:.4f}" for p in protocols))
     print("clocks: training + full-ranking validation at each recipe's cadence (wall s, CPU s of this process); "
           "'all' = every target reached; 'train CPU s' = training only, whole run")

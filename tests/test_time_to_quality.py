@@ -52,6 +52,11 @@ def test_recipes_side_by_side_with_kept_runs(ttq, tmp_path, monkeypatch, capsys)
     assert ce["reached_cpu_s"]["full"] == (reached[0]["cpu_s"] if reached else None)
     table = capsys.readouterr().out
     assert "| ref | 2 | 4 (" in table and "CPU s to all" in table
+    # the same table from the saved results, without training
+    monkeypatch.setattr(sys, "argv", ["time_to_quality.py", "--also", "sampled:10", "--from-json", str(out)])
+    ttq.main()
+    again = capsys.readouterr().out
+    assert again[again.index("targets"):] == table[table.index("targets"):]
     # a kept run is a run directory: its best checkpoint is the best valid one, and `evaluate` re-scores it
     metrics = json.loads((keep / "ref" / "metrics.json").read_text())
     assert metrics["best_epoch"] == ref["best_epoch"] and metrics["epochs_run"] == 4
