@@ -25,7 +25,8 @@ Examples (print ``uptime`` next to the figures)::
         --target 0.0637 --recipe default: --recipe from-end:model.positions=from-end
     # issue #9.6: Beauty, SASRec paper settings (reference) vs a recipe; 1 thread, CPU seconds
     python benchmarks/time_to_quality.py --data DIR/beauty --preset beauty-paper --threads 1 \\
-        --recipe paper: --recipe ss:objective.name=sampled-softmax,train.windows=all,train.batch_size=256
+        --eval-every 5 --patience 3 --recipe paper: \\
+        --recipe ss64:objective.name=sampled-softmax,train.windows=all,train.batch_size=64,train.eval_every=2
 """
 
 from __future__ import annotations
