@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--ways", default="shared,generate,msr", help="comma list of shared, generate, msr, each")
     ap.add_argument("--shape", choices=("synthetic", "ml"), default="synthetic")
+    ap.add_argument("--adapter", default=None, help="a trained run's adapter directory (RUN/adapter): a tuned "
+                    "model answers and stops, which shortens msr's generation")
     ap.add_argument("--data", default=None, help="--shape ml: prepared dataset with preference summaries")
     ap.add_argument("--candidates-file", "--lists", dest="lists", default=None, help="--shape ml: candidate file")
     ap.add_argument("--sft-steps", type=int, default=0)
@@ -118,6 +120,11 @@ def main() -> None:
             path = resolve_model(args.model)
             name = str(args.model)
         model, tok = load_lm(path, args.device)
+    if args.adapter:
+        import peft
+
+        model = peft.PeftModel.from_pretrained(model, args.adapter)
+        name += f"+{args.adapter}"
     model.eval()
     if args.device.startswith("cuda"):
         model.to(torch.bfloat16)
@@ -161,10 +168,10 @@ def main() -> None:
             res[way]["generated_tokens_per_row"] = scorer.generated / outs[way].size
         print(f"{way}: {res[way]}", file=sys.stderr, flush=True)
     if "shared" in outs:
-        for way in outs:
+        for way, got in outs.items():
             if way != "shared":
                 res[f"speedup_cpu_{way}"] = res[way]["cpu_s_per_user"] / res["shared"]["cpu_s_per_user"]
-                res[f"max_abs_diff_{way}"] = float(np.abs(outs["shared"] - outs[way]).max())
+                res[f"max_abs_diff_{way}"] = float(np.abs(outs["shared"] - got).max())
     if args.sft_steps:
         import peft
 

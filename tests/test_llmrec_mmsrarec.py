@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
-import yaml
 import pytest
 import torch
+import yaml
 from helpers import run_cli, write_cycle_dataset
 
 from mmseqrec.data.dataset import SequenceData
