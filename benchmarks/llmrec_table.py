@@ -25,7 +25,8 @@ def main() -> None:
     ap.add_argument("--protocol", required=True, help="candidates:file=FILE, as the runs were scored")
     ap.add_argument("--against", action="append", default=[], help="reference variant(s) every other is tested "
                     "against")
-    ap.add_argument("--metrics", default="AUC,HR@5,NDCG@5,MRR@5")
+    ap.add_argument("--metrics", default="AUC,HR@5,NDCG@5,MRR@5", help="metrics shown (seed mean ± std)")
+    ap.add_argument("--test-metrics", default="AUC,NDCG@5", help="metrics tested (the Holm family)")
     args = ap.parse_args()
 
     import polars as pl
@@ -33,7 +34,7 @@ def main() -> None:
     from mmseqrec.evaluate.runfiles import find_eval
     from mmseqrec.evaluate.significance import adjust_pvalues, aggregate_seeds, paired_test
 
-    metrics = args.metrics.split(",")
+    metrics, tested = args.metrics.split(","), args.test_metrics.split(",")
     groups: dict[str, list] = {}
     for spec in args.variants:
         name, _, runs = spec.partition("=")
@@ -52,7 +53,7 @@ def main() -> None:
         for name in groups:
             if name == ref or name in args.against[: args.against.index(ref)]:
                 continue
-            for m in metrics:
+            for m in tested:
                 t = paired_test(ranks[ref], ranks[name], m, n_negatives=n_neg[name],
                                 protocol_a=args.protocol, protocol_b=args.protocol)
                 tests.append(t)
@@ -62,14 +63,14 @@ def main() -> None:
     n_cases = {t["n"] for t in tests}
     print(f"protocol `{args.protocol}`, n = {sorted(n_cases)} test users (paired cases), "
           f"Holm over {len(tests)} (comparison, metric) pairs\n")
-    head = ["variant", "seeds"] + metrics + [f"p {m} vs {r} (raw / Holm)" for r in args.against for m in metrics]
+    head = ["variant", "seeds"] + metrics + [f"p {m} vs {r} (raw / Holm)" for r in args.against for m in tested]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, recs in groups.items():
         agg = aggregate_seeds([r.metrics("test") for r in recs])
         row = [name, str(len(recs))] + [f"{agg[m][0]:.3f} ± {agg[m][1]:.3f}" for m in metrics]
         for ref in args.against:
-            for m in metrics:
+            for m in tested:
                 v = p.get((name, ref, m))
                 row.append("—" if v is None else f"{v[0]:.3g} / {v[1]:.3g}")
         print("| " + " | ".join(row) + " |")
