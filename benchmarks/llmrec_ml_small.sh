@@ -9,10 +9,10 @@
 # SAS: directory holding trained SASRec runs sasrec-{42,43,44} on this dataset (ID-only, table (b)'s recipe); when
 # absent they are trained here. DMESR (text view only, as table (b)) is trained here with DMESR_SET's recipe.
 # MMSRARec uses the items' own text (categories) in place of generated keywords (--keywords item-text) and
-# SASRec seed 42 as its similar-user retriever.
+# SASRec seed 42 as its similar-user retriever. The session that wrote docs/results.md ran MM_SEEDS=0 only (CPU).
 set -euo pipefail
-N=${N:-100}; EPOCHS=${EPOCHS:-2}; MM_EPOCHS=${MM_EPOCHS:-$EPOCHS}; OUT=${OUT:-/tmp/llmrec12}; PY=${PY:-python}
-SAS=${SAS:-$OUT/seq}; SEEDS=${SEEDS:-"0 1 2"}; SEQ_SEEDS=${SEQ_SEEDS:-"42 43 44"}
+N=${N:-100}; EPOCHS=${EPOCHS:-2}; MM_EPOCHS=${MM_EPOCHS:-1}; OUT=${OUT:-/tmp/llmrec12}; PY=${PY:-python}
+SAS=${SAS:-$OUT/seq}; SEEDS=${SEEDS:-"0 1 2"}; MM_SEEDS=${MM_SEEDS:-$SEEDS}; SEQ_SEEDS=${SEQ_SEEDS:-"42 43 44"}
 DMESR_SET=${DMESR_SET:-"--set train.windows=last --set train.epochs=10 --set train.patience=0"}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 M="$PY -m mmseqrec"; D="$OUT/data"; L="$OUT/lists.parquet"; P="candidates:file=$L"
@@ -31,7 +31,7 @@ for s in $SEQ_SEEDS; do
   [ -d "$OUT/seq/dmesr-$s" ] || t $M train -c configs/dmesr.yaml --data "$D" --out "$OUT/seq/dmesr-$s" --seed "$s" \
       --device cpu --set item_encoder.image_view=null --set item_encoder.text_view=text \
       --set item_encoder.both_view=null --set item_encoder.raw_text=text --set item_encoder.raw_tokens=null \
-      --set item_encoder.combine=concat --set train.num_threads=1 $DMESR_SET
+      --set item_encoder.combine=concat --set train.num_threads=1 --set train.progress=false $DMESR_SET
 done
 for r in "$OUT/seq/pop" "$SAS"/sasrec-* "$OUT"/seq/dmesr-*; do
   t $M evaluate "$r" --data "$D" --protocol "$P" --split both
@@ -39,6 +39,8 @@ done
 for s in $SEEDS; do
   [ -d "$OUT/msr-$s" ] || t $M llmrec train --method mllm-msr --data "$D" --candidates "$L" --model smollm2 \
       --out "$OUT/msr-$s" --epochs "$EPOCHS" --seed "$s" --batch-size 4 --max-length 512
+done
+for s in $MM_SEEDS; do
   [ -d "$OUT/mm-$s" ] || t $M llmrec train --method mmsrarec --keywords item-text --retriever "$SAS/sasrec-42" \
       --data "$D" --candidates "$L" --model smollm2 --out "$OUT/mm-$s" --epochs "$MM_EPOCHS" --seed "$s" \
       --batch-size 4 --max-length 512
