@@ -96,6 +96,19 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, labels[:, 1:][sel])
 
 
+def _cache_kwarg(model) -> str:
+    """``cache`` (transformers >= 5: ``past_key_values`` is deprecated there) or ``past_key_values``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def _returned_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def _common_prefix(seqs: list[list[int]]) -> int:
     n = min(len(s) for s in seqs)
     arr = np.asarray([s[:n] for s in seqs])
@@ -153,6 +166,7 @@ class YesNoScorer:
         """
         out: list[np.ndarray] = []
         past, kept = None, []  # cache over the token ids ``kept``
+        kw = _cache_kwarg(self.model)
         for prompts in users:
             ids = self._ids(prompts)
             k = min(_common_prefix(ids), min(len(s) for s in ids) - 1)  # every suffix keeps >= 1 token
@@ -163,8 +177,8 @@ class YesNoScorer:
                 past.crop(reuse - past.get_seq_length())  # a negative count removes that many (all versions)
             if k > reuse:
                 pre = torch.tensor([ids[0][reuse:k]], device=self.device)
-                past = self.model(input_ids=pre, past_key_values=past, use_cache=True, logits_to_keep=1
-                                  ).past_key_values
+                res = self.model(input_ids=pre, **{kw: past}, use_cache=True, logits_to_keep=1)
+                past = _returned_cache(res)
                 self.forwards += 1
             kept = ids[0][:k]
             suffix = [s[k:] for s in ids]
@@ -179,7 +193,7 @@ class YesNoScorer:
             mask.masked_fill_(~allowed, torch.finfo(dtype).min)
             flat = torch.tensor([[t for s in suffix for t in s]], device=self.device)
             last = lens.cumsum(0) - 1
-            res = self.model(input_ids=flat, attention_mask=mask[None, None], past_key_values=past,
+            res = self.model(input_ids=flat, attention_mask=mask[None, None], **{kw: past},
                              position_ids=(k + offset)[None], use_cache=past is not None, logits_to_keep=last)
             self.forwards += 1
             out.append(self._p_yes(res.logits[0]).cpu().numpy().astype(np.float64))
