@@ -261,3 +261,31 @@ def test_every_encoder_trains_with_every_backbone(backbone):
             s = model.score_all(seq[:, :-1])
             assert s.shape == (3, N + 1) and torch.isinf(s[:, 0]).all() and torch.isfinite(s[:, 1:]).all()
             assert model.user_states(seq).shape == (3, enc.n_views * D)
+
+
+@pytest.mark.parametrize("backbone,options", [("sasrec", {}), ("bert4rec", {}), ("gru4rec", {}),
+                                              ("sasrec", {"mask_padding": False, "positions": "from-start",
+                                                          "block": "sasrec", "causal": False}),
+                                              ("bert4rec", {"mask_padding": False, "positions": "from-start",
+                                                            "block": "sasrec"})])
+def test_inference_drops_all_padding_columns_without_changing_states(backbone, options):
+    """Evaluation histories are max_len wide; a trimming-invariant backbone scores them with the columns that are
+    padding in every row dropped: same user states as the full-width pass (the former path), every encoder."""
+    from mmseqrec.models.sequence import SequenceModel
+    from mmseqrec.registry import MODELS
+
+    spec = MODELS[backbone]
+    hist = torch.tensor([[0, 0, 0, 0, 0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0, 6, 7, 8, 9],
+                         [0, 0, 0, 0, 0, 0, 0, 0, 10, 11]])
+    for name, enc in _encoders(spec.extra_tokens).items():
+        torch.manual_seed(0)
+        model = SequenceModel(enc, spec.build(spec.config_cls(max_len=10, dropout=0.0, **options), enc.dim)).eval()
+        assert model.backbone.trim_invariant
+        full = hist if not model.bidirectional else torch.cat(
+            [hist, torch.full_like(hist[:, :1], model.mask_id)], 1)[:, -10:]
+        with torch.no_grad():  # float32: rounding only; float64: the same computation
+            assert (model.user_states(hist) - model.hidden(full)[:, -1]).abs().max().item() <= 1e-5, name
+            model.double()
+            assert (model.user_states(hist) - model.hidden(full)[:, -1]).abs().max().item() <= 1e-12, name
+    biased = MODELS["gru4rec"].build(MODELS["gru4rec"].config_cls(bias=True), D)
+    assert not biased.trim_invariant

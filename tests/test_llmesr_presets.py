@@ -31,6 +31,7 @@ def test_llmesr_presets_say_what_the_code_does():
         assert (enc.name, enc.dim, enc.heads, enc.causal, enc.freeze) == ("llmesr", 64, 2, False, True)
         assert (t.batch_size, t.lr, t.weight_decay, t.grad_clip, t.patience, t.bf16) == (128, 1e-3, 0, 0, 20, False)
         assert cfg.objective.name == "bce" and cfg.eval.protocol == "sampled:100" and cfg.eval.ks == [10]
+        assert cfg.objective.negatives_exclude == "history"
         assert m.max_len == 200 and cfg.data.min_len == 3
         (reg,) = cfg.regularizers
         assert (reg.alpha, reg.n_sim, reg.n_retrieve, reg.teacher) == (0.1, 10, 100, "step")

@@ -247,3 +247,45 @@ def test_llmesr_defaults_follow_the_code():
     # the one default that differs from the code, chosen on validation (a causal backbone would see its targets)
     assert cfg.causal is True and cfg.heads == 2 and cfg.cross_attention
     assert not cfg.residual and not cfg.layernorm and cfg.dropout == 0
+
+
+@pytest.mark.parametrize("block", ["sasrec", "standard"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_unmasked_padding_keys_collapse_to_one_column(block, causal):
+    """``mask_padding: false``: a trimmed batch (one zero column standing for the missing padding keys, with
+    ``log(copies)`` on its logit) encodes as the batch left-padded to ``max_len`` (the former code path)."""
+    torch.manual_seed(0)
+    m = SASRec(SASRecConfig(n_layers=2, n_heads=2, dropout=0.5, max_len=40, causal=causal, block=block,
+                            positions="from-start", mask_padding=False), D)
+    _randomise(m, 1)
+    m.eval()
+    ids = _ids()
+    x = torch.randn(4, L, D)
+    full = m.encode(nn.functional.pad(x, (0, 0, 40 - L, 0)), nn.functional.pad(ids != 0, (40 - L, 0)))[:, -L:]
+    assert (full - m.encode(x, ids != 0)).abs().max().item() <= 1e-6
+
+
+def test_collapsed_padding_keys_keep_the_dropout_distribution():
+    """Under attention dropout the collapsed column's weight is kept Binomial(copies, 1 - p) times: the output's
+    mean and spread over many draws match ``copies`` explicit identical keys dropped one by one."""
+    from mmseqrec.models.sasrec import attend
+
+    g = torch.Generator().manual_seed(0)
+    draws, n, copies, dh, p = 20000, 3, 12, 4, 0.5
+    q, k, v = (torch.randn(1, 1, n, dh, generator=g) for _ in range(3))
+    pad_k, pad_v = torch.randn(1, 1, 1, dh, generator=g), torch.randn(1, 1, 1, dh, generator=g)
+    rep = (draws, 1, 1, 1)
+    explicit_k = torch.cat([pad_k.expand(1, 1, copies, dh), k], 2).repeat(rep)
+    explicit_v = torch.cat([pad_v.expand(1, 1, copies, dh), v], 2).repeat(rep)
+    bias = torch.zeros(n, n + 1)
+    bias[:, 0] = math.log(copies)
+    torch.manual_seed(1)
+    want = attend(q.repeat(rep), explicit_k, explicit_v, None, p)
+    torch.manual_seed(2)
+    got = attend(q.repeat(rep), torch.cat([pad_k, k], 2).repeat(rep), torch.cat([pad_v, v], 2).repeat(rep), bias, p,
+                 copies)
+    exact = attend(q, torch.cat([pad_k, k], 2), torch.cat([pad_v, v], 2), bias)  # no dropout: the expectation
+    se = want.std(0) / draws ** 0.5
+    assert ((got.mean(0) - want.mean(0)).abs() <= 5 * se * 2 ** 0.5 + 1e-6).all()
+    assert ((got.mean(0) - exact[0]).abs() <= 5 * se + 1e-6).all()
+    assert ((got.std(0) / want.std(0) - 1).abs() <= 0.05).all()

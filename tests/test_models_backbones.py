@@ -17,6 +17,7 @@ from mmseqrec.models import (
     SASRecConfig,
     SequenceModel,
     cloze,
+    cloze_batch,
 )
 from mmseqrec.models.item_encoders import ContentEmbedding
 from mmseqrec.models.sequence import Batch
@@ -180,6 +181,36 @@ def test_cloze_masking():
     frac_kept = (inputs[sel] == ids[sel]).float().mean().item()
     assert abs(frac_mask - 0.8) < 0.02 and 0.08 < frac_kept < 0.13  # 10 % kept + random hits
     assert (inputs[~sel] == ids[~sel]).all()
+
+
+def test_cloze_batch_last_item_copy_masks_only_the_last_real_item():
+    """The copy rows are the windows with only their last item masked (its position = where inference appends
+    the mask token) and that item as the only target; the cloze rows are :func:`cloze` with the same stream."""
+    ids = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 6], [0, 0, 0, 0, 0]])
+    inputs, targets = cloze_batch(ids, 0.5, 9, 10, True, torch.Generator().manual_seed(1))
+    c_in, c_t = cloze(ids, 0.5, 9, 10, torch.Generator().manual_seed(1))
+    assert torch.equal(inputs[:3], c_in) and torch.equal(targets[:3], c_t)
+    assert inputs[3:].tolist() == [[0, 0, 3, 4, 10], [1, 2, 3, 4, 10], [0, 0, 0, 0, 0]]
+    assert targets[3:].tolist() == [[0, 0, 0, 0, 5], [0, 0, 0, 0, 6], [0, 0, 0, 0, 0]]
+    only, only_t = cloze_batch(ids, 0.5, 9, 10, False, torch.Generator().manual_seed(1))
+    assert torch.equal(only, c_in) and torch.equal(only_t, c_t)
+
+
+def test_bert4rec_loss_is_the_mean_ce_over_cloze_and_last_item_targets():
+    """SequenceModel.loss for BERT4Rec = full-softmax CE at exactly the cloze_batch targets (recomputed here)."""
+    from mmseqrec.models.losses import ObjectiveConfig
+
+    torch.manual_seed(0)
+    n = 12
+    m = SequenceModel(IdEmbedding(n, D, extra_tokens=1), BERT4Rec(BERT4RecConfig(max_len=L, dropout=0.0, n_heads=2),
+                                                                  D), ObjectiveConfig(name="ce")).train()
+    seq = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]])
+    loss, _ = m.loss(Batch(seq=seq, users=torch.tensor([1, 2])), torch.Generator().manual_seed(3))
+    inputs, targets = cloze_batch(seq, m.backbone.mask_prob, n, n + 1, True, torch.Generator().manual_seed(3))
+    h = m.hidden(inputs)
+    sel = targets != 0
+    logits = h[sel] @ m.item_encoder.embedding.weight[1:n + 1].T  # the mask token (row n + 1) is no class
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, targets[sel] - 1))
 
 
 def test_registry_errors_list_names():

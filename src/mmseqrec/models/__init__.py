@@ -2,7 +2,7 @@
 
 from .base import Backbone, ItemEncoder
 from .baselines import ClosedFormModel, ItemKNN, ItemKNNConfig, Pop, PopConfig
-from .bert4rec import BERT4Rec, BERT4RecConfig, cloze
+from .bert4rec import BERT4Rec, BERT4RecConfig, cloze, cloze_batch
 from .gru4rec import GRU4Rec, GRU4RecConfig
 from .item_encoders import ContentEmbedding, ContentEmbeddingConfig, IdEmbedding, IdEmbeddingConfig
 from .losses import ObjectiveConfig, gbce_beta, next_item_loss
@@ -32,6 +32,7 @@ __all__ = [
     "SequenceModel",
     "TransformerBackbone",
     "cloze",
+    "cloze_batch",
     "gbce_beta",
     "next_item_loss",
 ]

@@ -78,6 +78,9 @@ class Backbone(nn.Module, ABC):
     dim: int
     causal: bool  # True when position t only sees positions <= t (next-item objectives over all positions)
     cloze: bool = False  # trained by cloze masking, scored through an appended mask token (BERT4Rec)
+    # the states of real positions do not depend on how many leading padding columns a batch carries, so
+    # inference may drop the columns that are padding in every row (exact within float rounding)
+    trim_invariant: bool = False
 
     @abstractmethod
     def forward(self, x: Tensor, mask: Tensor) -> Tensor: ...

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..config import Config
 from .sasrec import TransformerBackbone
 
-__all__ = ["BERT4Rec", "BERT4RecConfig", "cloze"]
+__all__ = ["BERT4Rec", "BERT4RecConfig", "cloze", "cloze_batch"]
 
 
 class BERT4RecConfig(Config):
@@ -81,3 +81,21 @@ def cloze(ids: Tensor, mask_prob: float, n_items: int, mask_id: int,
     inputs = torch.where(to_rand, rand_items, inputs)
     targets = torch.where(selected, ids, torch.zeros_like(ids))
     return inputs, targets
+
+
+def cloze_batch(ids: Tensor, mask_prob: float, n_items: int, mask_id: int, last_item_copy: bool,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """BERT4Rec's training inputs and targets for left-padded windows ``ids [B, L]``.
+
+    Rows ``0..B-1`` are :func:`cloze`-masked; with ``last_item_copy`` rows ``B..2B-1`` repeat the windows with
+    only their last item replaced by ``mask_id`` and it as the only target (the original code's ``mask_last``
+    instances; at inference the mask token sits at that same last position). Targets are 0 where there is none.
+    """
+    inputs, targets = cloze(ids, mask_prob, n_items, mask_id, generator)
+    if not last_item_copy:
+        return inputs, targets
+    last_in = ids.clone()
+    last_in[:, -1] = torch.where(ids[:, -1] != 0, mask_id, 0)
+    last_t = torch.zeros_like(ids)
+    last_t[:, -1] = ids[:, -1]
+    return torch.cat([inputs, last_in]), torch.cat([targets, last_t])

@@ -43,6 +43,7 @@ class GRU4Rec(Backbone):
     def __init__(self, cfg: GRU4RecConfig, dim: int) -> None:
         super().__init__()
         self.dim, self.causal, self.max_len = int(dim), True, int(cfg.max_len)
+        self.trim_invariant = not cfg.bias  # zero inputs keep a zero state only without biases
         self.drop = Dropout(cfg.dropout)
         self.gru = nn.GRU(self.dim, self.dim, cfg.n_layers, bias=cfg.bias, batch_first=True)
         xavier_init_(self)  # LLM-ESR's init

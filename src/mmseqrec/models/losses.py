@@ -6,9 +6,11 @@ All take user states ``h [M, D]``, target ids ``t [M]`` (0 = no target, ignored)
 They are dense over ``M`` (no boolean indexing), so they trace under ``torch.compile`` / CUDA graphs.
 
 Negatives are drawn uniformly from ``1..n_items`` on the device of ``h`` with torch; history items are *not*
-excluded (as in most reference code except the original SASRec sampler). ``sampled-softmax`` and ``gbce`` use
-``n_negatives`` negatives shared by the whole batch; a negative equal to a row's target is masked out of
-that row (no accidental hits). ``bce`` draws one negative per position, as the SASRec paper.
+excluded by default (as in most reference code except the original SASRec sampler). ``sampled-softmax`` and
+``gbce`` use ``n_negatives`` negatives shared by the whole batch; a negative equal to a row's target is masked
+out of that row (no accidental hits). ``bce`` draws one negative per position, as the SASRec paper; with
+``negatives_exclude: history`` each row's negative is uniform over the items outside its user's training
+sequence (LLM-ESR's ``random_neq``; :func:`history_negatives`, rejection sampling over the whole batch).
 
 gBCE (Petrov & Macdonald, gSASRec, RecSys 2023): with ``alpha = n_negatives / (n_items - 1)`` and
 calibration ``t`` the positive term is ``-beta * log sigmoid(s+)`` where
@@ -35,13 +37,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from ..config import Config
 
-__all__ = ["ChunkedCE", "ObjectiveConfig", "chunked_cross_entropy", "gbce_beta", "logq_from_counts",
-           "next_item_loss"]
+__all__ = ["ChunkedCE", "ObjectiveConfig", "chunked_cross_entropy", "gbce_beta", "history_keys",
+           "history_negatives", "logq_from_counts", "next_item_loss"]
 
 
 class ObjectiveConfig(Config):
@@ -55,6 +57,9 @@ class ObjectiveConfig(Config):
     positions : ``all`` (every position predicts the next item, the original SASRec objective) or ``last``
         (only the most recent position); ignored by BERT4Rec (cloze).
     chunk_size : items per chunk of ``ce-chunked`` (memory ``~ 3 * rows * chunk_size`` floats).
+    negatives_exclude : ``none`` (uniform over all items) or ``history`` (``bce`` only: uniform over the items
+        outside the user's training sequence, as LLM-ESR's generators; users whose training items cover the
+        catalogue draw from all items).
     """
 
     name: Literal["bce", "sampled-softmax", "ce", "gbce", "ce-chunked", "sampled-softmax-logq"] = "bce"
@@ -62,6 +67,13 @@ class ObjectiveConfig(Config):
     chunk_size: int = Field(65536, ge=1)
     gbce_t: float = Field(0.75, ge=0, le=1)
     positions: Literal["all", "last"] = "all"
+    negatives_exclude: Literal["none", "history"] = "none"
+
+    @model_validator(mode="after")
+    def _history_needs_bce(self) -> ObjectiveConfig:
+        if self.negatives_exclude == "history" and self.name != "bce":
+            raise ValueError("negatives_exclude: history is implemented for the bce objective only")
+        return self
 
 
 def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
@@ -121,6 +133,39 @@ def logq_from_counts(counts: Tensor) -> Tensor:
     c = counts.double().clamp_min(0) + 1.0
     c[0] = 0.0
     return torch.log(c / c.sum()).float()
+
+
+def history_keys(items: Tensor, indptr: Tensor, n_items: int) -> Tensor:
+    """Sorted unique keys ``user * (n_items + 1) + item`` of the training items of each user (CSR ``items`` /
+    ``indptr``, user ``u`` = row ``u``), without the users whose items cover the whole catalogue."""
+    lengths = indptr[1:] - indptr[:-1]
+    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=items.device), lengths)
+    keys = torch.unique(owner * (n_items + 1) + items.long())
+    distinct = torch.bincount(keys // (n_items + 1), minlength=lengths.numel())
+    return keys[distinct[keys // (n_items + 1)] < n_items]
+
+
+def history_negatives(users: Tensor, n_items: int, keys: Tensor, generator: torch.Generator | None = None
+                      ) -> Tensor:
+    """One negative per entry of ``users``, uniform over ``1..n_items`` minus that user's training items.
+
+    Rejection sampling over the whole tensor: draw everything, then redraw only the entries that hit their
+    user's history (``keys`` from :func:`history_keys`, looked up with ``searchsorted``) until none does.
+    """
+    flat = users.reshape(-1).long()
+    neg = torch.randint(1, n_items + 1, flat.shape, device=flat.device, generator=generator)
+    if keys.numel() == 0:
+        return neg.view(users.shape)
+
+    def hits(u: Tensor, i: Tensor) -> Tensor:
+        k = u * (n_items + 1) + i
+        return keys[torch.searchsorted(keys, k).clamp(max=keys.numel() - 1)] == k
+
+    todo = hits(flat, neg).nonzero().squeeze(1)
+    while todo.numel():
+        neg[todo] = torch.randint(1, n_items + 1, todo.shape, device=flat.device, generator=generator)
+        todo = todo[hits(flat[todo], neg[todo])]
+    return neg.view(users.shape)
 
 
 def next_item_loss(h: Tensor, targets: Tensor, items: Tensor, cfg: ObjectiveConfig, *,

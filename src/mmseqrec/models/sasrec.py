@@ -11,6 +11,13 @@ Positions are learned and counted from the end: the most recent item always gets
 so a batch trimmed to its longest sequence encodes exactly like the full-width one. ``positions: from-start``
 is the SASRec / LLM-ESR code's numbering instead (``1..n`` over the ``n`` real items, 0 at padding).
 
+Without a key-padding mask (``mask_padding: false``, LLM-ESR's backbone) every padding position of the code's
+``max_len``-wide batches is a key; all of them are zero rows, so they share one key and one value. The backbone
+encodes a trimmed batch with one zero column standing for the ``max_len - L`` padding positions it lacks: its
+attention logit carries ``+ log(max_len - L)`` (the softmax of ``c`` equal logits), and under attention dropout its
+weight is kept ``Binomial(max_len - L, 1 - p)`` times, as the copies would be. Same values in eval mode (within
+float rounding) and the same distribution in training, at ``L + 1`` instead of ``max_len`` positions.
+
 Two blocks: ``block: standard`` (ours: pre-LN by default, the normalised input feeds queries, keys and values,
 the residual comes from the un-normalised input) and ``block: sasrec`` (the block of the SASRec PyTorch code
 that LLM-ESR copies in ``models/SASRec.py`` / ``models/Bert4Rec.py``: ``Q = LN(x); x = Q + MHA(Q, x, x);
@@ -54,7 +61,8 @@ class SASRecConfig(Config):
     positions : ``from-end`` (ours: trimming-invariant) or ``from-start`` (SASRec / LLM-ESR code: ``1..n``).
     mask_padding : mask padding keys in self-attention (ours); ``false`` = LLM-ESR's backbone, whose
         attention has no mask at all (padding rows are zero, but their keys/values still carry the projection
-        biases); inputs are then left-padded to ``max_len`` inside the backbone, as LLM-ESR's batches are.
+        biases); the backbone then encodes as if inputs were left-padded to ``max_len``, as LLM-ESR's batches
+        are (one column stands for the missing padding positions, see the module docstring).
     """
 
     name: Literal["sasrec"] = "sasrec"
@@ -85,6 +93,30 @@ def attention_mask(mask: Tensor, causal: bool) -> Tensor:
     return allowed | eye
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, p: float = 0.0, pad_copies: int = 0
+           ) -> Tensor:
+    """``softmax(q k^T / sqrt(dh) + mask) v`` with dropout ``p`` on the attention weights.
+
+    ``attn_mask`` is boolean (True = may attend) or additive. With ``pad_copies > 0`` key 0 stands for that many
+    identical padding keys (``attn_mask`` adds ``log(pad_copies)`` to its logit, see
+    :meth:`TransformerBackbone.encode`); under dropout its weight is scaled by ``K / pad_copies`` with ``K ~
+    Binomial(pad_copies, 1 - p)``, the number of copies a per-copy dropout would keep. On CPU the dropout mask
+    comes from ``rand_like`` (as :func:`~mmseqrec.models.base.dropout`; SDPA's CPU path uses the slow
+    ``bernoulli_``).
+    """
+    if p <= 0.0 or (pad_copies == 0 and q.device.type != "cpu"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    if attn_mask is not None:
+        att = att.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else att + attn_mask
+    att = torch.softmax(att, -1)
+    keep = (torch.rand_like(att) >= p).to(att.dtype)
+    if pad_copies:
+        n = torch.full_like(att[..., 0], float(pad_copies))
+        keep[..., 0] = torch.binomial(n, torch.full_like(n, 1.0 - p)) / pad_copies
+    return (att * keep * (1.0 / (1.0 - p))) @ v
+
+
 class _Block(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float, pre_ln: bool, ffn_mult: int,
                  activation: str) -> None:
@@ -100,29 +132,22 @@ class _Block(nn.Module):
         self.ff2 = nn.Linear(dim * ffn_mult, dim)
         self.act = nn.ReLU() if activation == "relu" else nn.GELU()
 
-    def _attn(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+    def _attn(self, x: Tensor, attn_mask: Tensor | None, pad_copies: int = 0) -> Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        if self.training and self.dropout > 0 and x.device.type == "cpu":
-            # SDPA's math path spelled out so that the attention-weight dropout uses the fast CPU mask
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-            att = torch.softmax(att.masked_fill(~attn_mask, float("-inf")), -1)
-            y = dropout(att, self.dropout) @ v
-        else:
-            p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        y = attend(q, k, v, attn_mask, self.dropout if self.training else 0.0, pad_copies)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
     def _ffn(self, x: Tensor) -> Tensor:
         h = dropout(self.act(self.ff1(x)), self.dropout, self.training)
         return self.ff2(h)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, pad_copies: int = 0) -> Tensor:
         p, t = self.dropout, self.training
         if self.pre_ln:
-            x = x + dropout(self._attn(self.norm1(x), attn_mask), p, t)
+            x = x + dropout(self._attn(self.norm1(x), attn_mask, pad_copies), p, t)
             return x + dropout(self._ffn(self.norm2(x)), p, t)
-        x = self.norm1(x + dropout(self._attn(x, attn_mask), p, t))
+        x = self.norm1(x + dropout(self._attn(x, attn_mask, pad_copies), p, t))
         return self.norm2(x + dropout(self._ffn(x), p, t))
 
 
@@ -136,25 +161,26 @@ class _SASRecBlock(_Block):
         self.norm1 = nn.LayerNorm(dim, eps=1e-8)
         self.norm2 = nn.LayerNorm(dim, eps=1e-8)
 
-    def _cross(self, q_in: Tensor, kv_in: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def _cross(self, q_in: Tensor, kv_in: Tensor, attn_mask: Tensor | None, pad_copies: int = 0) -> Tensor:
         b, n, d = q_in.shape
         h, dh = self.n_heads, d // self.n_heads
         w_q, w_kv = self.qkv.weight.split([d, 2 * d])
         b_q, b_kv = self.qkv.bias.split([d, 2 * d])
         q = F.linear(q_in, w_q, b_q).view(b, n, h, dh).transpose(1, 2)
         k, v = F.linear(kv_in, w_kv, b_kv).view(b, n, 2, h, dh).permute(2, 0, 3, 1, 4)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        y = attend(q, k, v, attn_mask, self.dropout if self.training else 0.0, pad_copies)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, pad_copies: int = 0) -> Tensor:
         q = self.norm1(x)
-        x = self.norm2(q + self._cross(q, x, attn_mask))
-        return x + F.dropout(self._ffn(x), self.dropout, self.training)
+        x = self.norm2(q + self._cross(q, x, attn_mask, pad_copies))
+        return x + dropout(self._ffn(x), self.dropout, self.training)
 
 
 class TransformerBackbone(Backbone):
     """Shared transformer encoder of SASRec (causal by default) and BERT4Rec (bidirectional).
+
+    Trimming-invariant (``trim_invariant``): masked padding keys, or unmasked ones counted up to ``max_len``.
 
     Parameters
     ----------
@@ -171,6 +197,7 @@ class TransformerBackbone(Backbone):
             raise ValueError(f"unknown block {block!r} or positions {positions!r}")
         self.dim, self.causal, self.max_len, self.pre_ln = int(dim), bool(causal), int(max_len), bool(pre_ln)
         self.block, self.from_start, self.mask_padding = block, positions == "from-start", bool(mask_padding)
+        self.trim_invariant = True
         # from-start numbers real items 1..n and gives padding 0 (one more row)
         self.positions = nn.Embedding(self.max_len + int(self.from_start), self.dim)
         self.dropout = Dropout(dropout)
@@ -202,18 +229,24 @@ class TransformerBackbone(Backbone):
     def encode(self, h: Tensor, mask: Tensor) -> Tensor:
         """The blocks over embedded inputs ``h [B, L, d]`` (no positions added) -> states ``[B, L, d]``."""
         n = h.shape[1]
-        if not self.mask_padding and n < self.max_len:  # unmasked padding keys: encode at full width
-            h = F.pad(h, (0, 0, self.max_len - n, 0))
-            mask = torch.cat([mask.new_zeros(mask.shape[0], self.max_len - n), mask], 1)
+        copies = 0 if self.mask_padding else max(self.max_len - n, 0)
+        if copies > 0:  # unmasked padding keys: one zero column stands for the max_len - n missing ones
+            h = F.pad(h, (0, 0, 1, 0))
+            mask = torch.cat([mask.new_zeros(mask.shape[0], 1), mask], 1)
         keep = mask.unsqueeze(-1).to(h.dtype)
         h = h * keep
+        m = h.shape[1]
         if self.mask_padding:
             am: Tensor | None = attention_mask(mask, self.causal)
+        elif copies > 0:  # additive: log(copies) on the padding column, -inf above the diagonal when causal
+            am = torch.zeros(m, m, dtype=h.dtype, device=h.device)
+            am[:, 0] = math.log(copies)
+            if self.causal:
+                am = am.masked_fill(~torch.ones(m, m, dtype=torch.bool, device=h.device).tril(), float("-inf"))
         else:
-            m = h.shape[1]
             am = torch.ones(m, m, dtype=torch.bool, device=h.device).tril() if self.causal else None
         for blk in self.blocks:
-            h = blk(h, am) * keep
+            h = blk(h, am, copies) * keep
         return (self.final_norm(h) * keep)[:, -n:]
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import Backbone, ItemEncoder
-from .bert4rec import cloze
-from .losses import ObjectiveConfig, logq_from_counts, next_item_loss
+from .bert4rec import cloze_batch
+from .losses import ObjectiveConfig, history_keys, history_negatives, logq_from_counts, next_item_loss
 
 __all__ = ["Batch", "Regularizer", "SequenceModel"]
 
@@ -75,10 +75,24 @@ class SequenceModel(nn.Module):
         self.bidirectional = bool(getattr(backbone, "cloze", not getattr(backbone, "causal", True)))
         self.mask_id = self.n_items + 1 if self.bidirectional else None
         self.register_buffer("sampling_log_q", None, persistent=False)  # sampled-softmax-logq only
+        self.register_buffer("history", None, persistent=False)  # negatives_exclude: history only
 
     def set_sampling_counts(self, counts: Tensor) -> None:
         """Training counts ``[n_items + 1]`` that ``sampled-softmax-logq`` samples negatives from."""
         self.sampling_log_q = logq_from_counts(torch.as_tensor(counts)).to(next(self.parameters()).device)
+
+    def set_history(self, items: Tensor, indptr: Tensor) -> None:
+        """Each user's training items (CSR, row = user id) that ``negatives_exclude: history`` avoids."""
+        dev = next(self.parameters()).device
+        self.history = history_keys(torch.as_tensor(items).to(dev), torch.as_tensor(indptr).to(dev), self.n_items)
+
+    def _negatives(self, users: Tensor, generator: torch.Generator | None) -> Tensor | None:
+        """``bce`` negatives for rows owned by ``users`` outside their histories (``None``: the loss draws)."""
+        if self.objective.negatives_exclude != "history":
+            return None
+        if self.history is None:
+            raise RuntimeError("negatives_exclude: history needs the training histories (set_history)")
+        return history_negatives(users, self.n_items, self.history, generator)
 
     # ------------------------------------------------------------------ encoding
     def hidden(self, input_ids: Tensor, table: Tensor | None = None) -> Tensor:
@@ -102,6 +116,10 @@ class SequenceModel(nn.Module):
 
     def _inference_ids(self, input_ids: Tensor) -> Tensor:
         input_ids = input_ids[:, -self.max_len:]
+        if getattr(self.backbone, "trim_invariant", False):  # evaluation histories come max_len wide
+            real = (input_ids != 0).any(0)
+            if bool(real.any()):
+                input_ids = input_ids[:, int(real.int().argmax()):]
         if not self.bidirectional:
             return input_ids
         mask_col = torch.full_like(input_ids[:, :1], self.mask_id)
@@ -141,18 +159,15 @@ class SequenceModel(nn.Module):
         seq = batch.seq
         if self.bidirectional:
             ids = seq[:, -self.max_len:]
-            inputs, targets = cloze(ids, float(getattr(self.backbone, "mask_prob", 0.2)), self.n_items,
-                                    self.mask_id, generator)
-            if getattr(self.backbone, "last_item_copy", False):
-                last_in = ids.clone()
-                last_in[:, -1] = torch.where(ids[:, -1] != 0, self.mask_id, 0)
-                last_t = torch.zeros_like(ids)
-                last_t[:, -1] = ids[:, -1]
-                inputs, targets = torch.cat([inputs, last_in]), torch.cat([targets, last_t])
+            inputs, targets = cloze_batch(ids, float(getattr(self.backbone, "mask_prob", 0.2)), self.n_items,
+                                          self.mask_id, bool(getattr(self.backbone, "last_item_copy", False)),
+                                          generator)
             h = self.hidden(inputs, table)
             sel = targets.reshape(-1).nonzero().squeeze(1)  # cloze targets are sparse: gather them
+            owner = batch.users.repeat(targets.shape[0] // seq.shape[0]).repeat_interleave(targets.shape[1])
             rec = next_item_loss(h.reshape(-1, h.shape[-1])[sel], targets.reshape(-1)[sel], items,
-                                 self.objective, generator=generator, log_q=self.sampling_log_q)
+                                 self.objective, generator=generator, log_q=self.sampling_log_q,
+                                 negatives=self._negatives(owner[sel], generator))
             last = h[: seq.shape[0], -1]
         else:
             inputs = seq[:, :-1]
@@ -162,10 +177,12 @@ class SequenceModel(nn.Module):
             h = self.hidden(inputs, table)
             if self.objective.positions == "last":
                 rec = next_item_loss(h[:, -1], targets[:, -1], items, self.objective, generator=generator,
-                                     log_q=self.sampling_log_q)
+                                     log_q=self.sampling_log_q, negatives=self._negatives(batch.users, generator))
             else:
+                owner = batch.users.repeat_interleave(targets.shape[1])
                 rec = next_item_loss(h.reshape(-1, h.shape[-1]), targets.reshape(-1), items, self.objective,
-                                     generator=generator, log_q=self.sampling_log_q)
+                                     generator=generator, log_q=self.sampling_log_q,
+                                     negatives=self._negatives(owner, generator))
             last = h[:, -1]
         parts: dict[str, Tensor] = {"rec": rec}
         parts.update(self.item_encoder.aux_losses(seq, table))

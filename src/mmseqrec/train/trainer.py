@@ -57,6 +57,7 @@ from .run import (
     item_popularity,
     load_tensors,
     resolve_device,
+    training_sequences,
 )
 from .schedule import set_lr
 
@@ -182,6 +183,9 @@ class Trainer:
         self.causal = not self.model.bidirectional
         if cfg.objective.name == "sampled-softmax-logq":
             self.model.set_sampling_counts(torch.from_numpy(np.asarray(self.popularity)))
+        if cfg.objective.negatives_exclude == "history":
+            items, indptr = training_sequences(self.split.seqs, self.split.train_end)
+            self.model.set_history(torch.from_numpy(items), torch.from_numpy(indptr))
         width = int(cfg.train.max_len) + (1 if self.causal else 0)
         self.batches = TrainBatches(self.split.seqs, self.split.train_end, width, cfg.train.batch_size,
                                     self.device, min_items=2 if self.causal else 1, trim=cfg.train.trim,
