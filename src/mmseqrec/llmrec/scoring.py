@@ -2,13 +2,15 @@
 
 Prompts are wrapped in the model's own chat template (a user turn + the generation prompt); the answer tokens are
 the first token of ``"yes"`` and of ``"no"`` as the tokenizer encodes them. All candidates of one user are scored
-in **one batched forward that shares the prompt prefix**: the longest common token prefix of the user's prompts
-is run once (batch 1, KV cache kept), the cache is repeated over the candidates and their suffixes (right-padded)
-run as one batch on top of it; each candidate's score is read at its last real token. The same numbers as one
-full forward per candidate (tested), at a fraction of the cost (``benchmarks/llmrec_speed.py``).
+with **one shared prompt prefix**: the longest common token prefix of the user's prompts is run once (batch 1,
+KV cache kept; across users the cache is cut back to the part the next user's prefix shares), then the
+candidates' suffixes are packed into one sequence on top of it (block-diagonal causal mask, no padding) and the
+LM head is applied at their last tokens only. The same numbers as one full forward per candidate (tested), at a
+fraction of the cost (``benchmarks/llmrec_speed.py``).
 
 :func:`encode_sft` builds the supervised examples: prompt + answer (+ end of turn), labels ``-100`` everywhere but
-the answer tokens (the loss is on the answer only; MLLM-MSR's training script puts it on every token).
+the answer tokens (the loss is on the answer only; MLLM-MSR's training script puts it on every token);
+:func:`answer_loss` computes that loss with the LM head at the answer positions only.
 """
 
 from __future__ import annotations
