@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+import yaml
 from helpers import run_cli, write_cycle_dataset
 
 from mmseqrec.data.dataset import SequenceData
@@ -117,6 +118,12 @@ def test_mmsrarec_run_with_multitask_sft(tmp_path):
             str(lm), "--out", str(run), "--max-train-users", "3", "--max-length", "400"]
     assert 2 == run_cli(args)  # no --retriever
     assert 2 == run_cli([*args, "--retriever", str(sas)])  # no item keywords yet
+    assert 2 == run_cli([*args, "--retriever", str(sas), "--keywords", "tags"])
+    # the stand-in: the item's own text in place of generated keywords, recorded in the run's config
+    alt = [a if a != str(run) else str(tmp_path / "mm-text") for a in args]
+    assert 0 == run_cli([*alt, "--retriever", str(sas), "--keywords", "item-text", "--multitask"])
+    src = yaml.safe_load((tmp_path / "mm-text" / "config.yaml").read_text())["prompt_sources"]
+    assert src["keywords"] == "item text" and src["keywords_from_file"] == 0
     (data / "enrich").mkdir(exist_ok=True)
     pl.DataFrame({"item": pl.Series([i for i in range(1, 36) for _ in (0, 1)], dtype=pl.Int32),
                   "view": ["text", "image"] * 35, "text": [f"kw{i}, thing" for i in range(70)],

@@ -48,6 +48,10 @@ def test_p_yes_matches_a_manual_softmax(tiny):
     # the shared-prefix batch = one full forward per candidate = one generate call per candidate
     assert np.allclose(scorer.score_each(prompts), got, atol=1e-5)
     assert np.allclose(scorer.score_generate(prompts), got, atol=1e-5)
+    # MLLM-MSR's way: generate on left-padded batches of 6 (here 3) with up to 30 new tokens, scores[0]
+    scorer.generated = 0
+    assert np.allclose(scorer.score_generate(prompts, batch_size=3, max_new_tokens=4), got, atol=1e-5)
+    assert 2 * 1 <= scorer.generated <= 4 * 4
 
 
 def test_shared_prefix_runs_two_forwards_per_user(tiny):
@@ -86,3 +90,22 @@ def test_a_model_without_chat_template_is_refused(tiny):
         YesNoScorer(model, bare)
     with pytest.raises(InputError, match="no chat template"):
         encode_sft(bare, "x", True)
+
+
+def test_users_share_the_cached_head_and_match_single_forwards(tiny):
+    """Several users in one call: the cache of the previous user's prefix is cut back to the common head (the
+    chat template + the prompt's opening words) and reused; suffixes of very different lengths are packed."""
+    model, tok = tiny
+    scorer = YesNoScorer(model, tok)
+    users = [[RECOMMEND.render(preference=pref, title=t, description=d) for t, d in cands] for pref, cands in [
+        ("The user appears to have a preference for comedies.", [("Up", "x"), ("A Much Longer Title Here", "y z")]),
+        ("The user appears to like long war dramas and westerns.", [("Heat", "crime"), ("Ran", "war, drama"),
+                                                                     ("Z", "a b c d e f g h i j k l m n")]),
+        ("Nothing.", [("Up", "x")]),  # one candidate: the whole prompt but its last token is the "prefix"
+    ]]
+    got = scorer.score_users(users)
+    assert [g.shape for g in got] == [(2,), (3,), (1,)]
+    assert scorer.forwards <= 2 * len(users)
+    for prompts, g in zip(users, got, strict=True):
+        assert np.allclose(scorer.score_each(prompts), g, atol=1e-5)
+        assert np.allclose(scorer.score_shared(prompts), g, atol=1e-5)

@@ -14,7 +14,7 @@ from mmseqrec.errors import InputError
 from mmseqrec.llmrec.candidates import read_candidate_set
 from mmseqrec.llmrec.prompts import RECOMMEND
 from mmseqrec.llmrec.random_lm import build_random_lm
-from mmseqrec.llmrec.scoring import collate_sft, encode_sft
+from mmseqrec.llmrec.scoring import answer_loss, collate_sft, encode_sft
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,8 @@ def test_one_sft_step_lowers_the_loss_on_a_fixed_batch(lm_dir):
     logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
     manual = -logp.gather(-1, lab[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask].mean()
     assert float(before.detach()) == pytest.approx(float(manual), abs=1e-4)
+    # the training loss computes the head at the answer positions only: the same value
+    assert float(answer_loss(model, batch)) == pytest.approx(float(before.detach()), abs=1e-5)
     before.backward()
     opt.step()
     opt.zero_grad()
@@ -80,7 +82,7 @@ def test_train_run_contract_compare_and_reevaluate(tmp_path, lm_dir):
     assert m["candidates_file"]["n_negatives"] == 20
     assert m["test"]["n_cases"] == cs.counts()["test"] and m["valid"]["n_cases"] == cs.counts()["valid"]
     assert {"AUC", "AUC_global", "HR@5", "NDCG@5", "MRR@5"} <= set(m["test"])
-    assert m["inference"]["forwards_per_user"] == 2.0
+    assert 1.0 <= m["inference"]["forwards_per_user"] <= 2.0  # a prefix already in the kept cache: 1
     ranks = pl.read_parquet(run / "ranks.parquet")
     assert sorted(ranks["user"].to_list()) == sorted(cs.users[cs.rows("test")].tolist())
     # a sequential run scored on the same file pairs with it

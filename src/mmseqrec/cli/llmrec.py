@@ -85,6 +85,8 @@ def train_cmd(
     = None,
     similar_users: Annotated[int, typer.Option(help="mmsrarec: similar training users per user (|S_u|).")] = 3,
     multitask: Annotated[bool, typer.Option(help="mmsrarec: add the two auxiliary instruction types.")] = True,
+    keywords: Annotated[str, typer.Option(help="mmsrarec: file (enrich/item-keywords.parquet) | item-text (the "
+                                          "item's own text in place of generated keywords).")] = "file",
     seed: Annotated[int, typer.Option(help="Seed of LoRA init, negatives and subsampling.")] = 0,
     epochs: Annotated[int, typer.Option(help="SFT epochs over the training users' 1:1 pairs.")] = 1,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of the LoRA weights.")] = 2e-4,
@@ -105,10 +107,12 @@ def train_cmd(
     from ..errors import InputError
     from ..llmrec.run import LLMRecConfig, train_llmrec
 
+    if keywords not in ("file", "item-text"):
+        raise InputError(f"unknown keywords source {keywords!r}; choose file or item-text", field="--keywords")
     if method not in ("mllm-msr", "mmsrarec"):
         raise InputError(f"unknown method {method!r}; choose mllm-msr or mmsrarec", field="--method")
     cfg = LLMRecConfig(method=method, retriever=None if retriever is None else str(retriever),
-                       similar_users=similar_users, multitask=multitask, data=str(data), candidates=str(candidates), model=model, seed=seed,
+                       similar_users=similar_users, multitask=multitask, keywords=keywords, data=str(data), candidates=str(candidates), model=model, seed=seed,
                        epochs=epochs, lr=lr, batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r,
                        max_train_users=max_train_users, max_length=max_length, device=device,
                        eval_every=eval_every, select_metric=select_metric)

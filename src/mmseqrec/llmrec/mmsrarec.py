@@ -8,7 +8,8 @@ next-item title generation from the history keywords, and item identification (k
 
 Keywords come from ``DATA/enrich/item-keywords.parquet`` (MMSRARec's ``item-keywords`` task: image and text views
 summarised separately, joined here as ``text: ...; image: ...``); an item without any keyword row falls back to
-its title (counted in the run's prompt sources). A missing keyword file is an error.
+its title (counted in the run's prompt sources). A missing keyword file is an error, unless the run asks for
+``keywords: item-text`` (:func:`item_text_keywords`: the item's own text in place of generated keywords).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..errors import InputError
 from .candidates import CandidateSet
 from .retrieval import SimilarUsers
 
-__all__ = ["AUX_TEMPLATES", "RECOMMEND_KW", "KeywordPrompter", "load_keywords"]
+__all__ = ["AUX_TEMPLATES", "RECOMMEND_KW", "KeywordPrompter", "item_text_keywords", "load_keywords"]
 
 RECOMMEND_KW = PromptTemplate(
     "mmsrarec/recommend", "1",
@@ -46,6 +47,17 @@ AUX_TEMPLATES = {
         "Which item do these keywords describe: {keywords}? Answer with its title only.",
         "reconstructed", "MMSRARec multi-task SFT (LC-Rec-style item identification)"),
 }
+
+
+def item_text_keywords(ds: DatasetDir) -> tuple[np.ndarray, dict[str, int]]:
+    """``--keywords item-text``: the item's own text (:func:`~mmseqrec.enrich.tasks.item_descriptions`, e.g.
+    MovieLens ``categories: Comedy, Drama``) stands in for generated keywords, for every item; no keyword
+    generation and no GRPO tuning (a budget stand-in, recorded in the run's prompt sources)."""
+    from ..enrich.tasks import item_descriptions
+
+    desc, _ = item_descriptions(ds, 600)
+    kw = np.asarray([" ".join(str(d or "").split()) for d in desc], dtype=object)
+    return kw, {"keywords_from_file": 0, "keywords_item_text": int(len(kw) - 1)}
 
 
 def load_keywords(ds: DatasetDir, titles: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:

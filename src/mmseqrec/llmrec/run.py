@@ -37,7 +37,7 @@ from ..evaluate.evaluator import RankingResult, evaluate_ranking
 from ..fileio import atomic_dir, atomic_write_json, atomic_write_text
 from .candidates import read_candidate_set
 from .prompts import PromptTexts, load_prompt_texts
-from .scoring import YesNoScorer, collate_sft, encode_sft
+from .scoring import YesNoScorer, answer_loss, collate_sft, encode_sft
 
 __all__ = ["Backbone", "ItemImages", "LLMRecConfig", "Prompter", "evaluate_llmrec", "load_lm", "resolve_model",
            "train_llmrec"]
@@ -64,6 +64,9 @@ class LLMRecConfig(Config):
         ``mmsrarec``: a trained sequential run (SASRec) whose user states find the similar training users.
     similar_users : int
         ``mmsrarec``: |S_u| (3).
+    keywords : {"file", "item-text"}
+        ``mmsrarec``: generated keywords (``DATA/enrich/item-keywords.parquet``), or the item's own text in
+        their place (a stand-in when generating keywords for every listed item is beyond the budget).
     multitask : bool
         ``mmsrarec``: add the two auxiliary instruction types to the SFT data.
     eval_every : int
@@ -92,6 +95,7 @@ class LLMRecConfig(Config):
     ks: list[int] = Field(default_factory=lambda: [5, 10])
     retriever: str | None = None
     similar_users: int = Field(3, ge=1)
+    keywords: Literal["file", "item-text"] = "file"
     multitask: bool = True
     eval_every: int = Field(0, ge=0)
     select_metric: str = "AUC"
@@ -190,7 +194,7 @@ class Prompter:
             self.sources: dict[str, Any] = dict(self.texts.sources)
             return
         from ..train.run import load_run
-        from .mmsrarec import KeywordPrompter, load_keywords
+        from .mmsrarec import KeywordPrompter, item_text_keywords, load_keywords
         from .prompts import item_titles
         from .retrieval import similar_users
 
@@ -198,11 +202,13 @@ class Prompter:
             raise InputError("mmsrarec needs --retriever RUN (a trained SASRec run on the same dataset)",
                              field="--retriever")
         titles = item_titles(ds)
-        keywords, counts = load_keywords(ds, titles)
+        keywords, counts = (load_keywords(ds, titles) if cfg.keywords == "file" else item_text_keywords(ds))
         ret = load_run(cfg.retriever, device=cfg.device, data_dir=ds.path)
         sim = similar_users(ret.model, ds.sequences, cs, k=cfg.similar_users, device=cfg.device)
         self.texts, self.kw = None, KeywordPrompter(cs, sim, keywords, titles)
-        self.sources = {"template": "mmsrarec/recommend@1", "keywords": "enrich/item-keywords.parquet", **counts,
+        self.sources = {"template": "mmsrarec/recommend@1", "keywords": ("enrich/item-keywords.parquet" if
+                                                                         cfg.keywords == "file" else "item text"),
+                        **counts,
                         "retriever": str(cfg.retriever), "similar_users": cfg.similar_users}
 
     def prompt(self, row: int, item: int):
@@ -250,8 +256,9 @@ def _score_split(scorer: YesNoScorer, prompter: Prompter, ds: DatasetDir, cand_p
     evalset, file_rows = _evalset(prompter.cs, ds, split_name, cand_path)
     lists = read_candidates(cand_path, evalset.users, evalset.targets, ds.n_users, ds.n_items, split=split_name)
     rows = prompter.row_of[evalset.users[lists.cases]] if file_rows is None else file_rows[lists.cases]
-    scores = np.stack([scorer.score_shared([prompter.prompt(int(r), int(it)) for it in items])
-                       for r, items in zip(rows, lists.items, strict=True)])
+    prompts = [[prompter.prompt(int(r), int(it)) for it in items] for r, items in zip(rows, lists.items, strict=True)]
+    users = getattr(scorer, "score_users", None)  # text: the cached head is shared across users
+    scores = np.stack(users(prompts) if users else [scorer.score_shared(p) for p in prompts])
     expected = torch.from_numpy(lists.items)
     table = torch.from_numpy(scores.astype(np.float32))
     ptr = [0]
@@ -418,7 +425,7 @@ def train_llmrec(cfg: LLMRecConfig, out: str | Path, *, overwrite: bool = False,
         losses = []
         for b0 in range(0, len(order), cfg.batch_size):
             batch = bb.collate([ex[j] for j in order[b0:b0 + cfg.batch_size]])
-            loss = model(**{k: v.to(cfg.device) for k, v in batch.items()}).loss
+            loss = answer_loss(model, {k: v.to(cfg.device) for k, v in batch.items()})
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
