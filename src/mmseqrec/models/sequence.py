@@ -11,6 +11,7 @@ last one); bidirectional ones (BERT4Rec) are cloze-masked on device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,13 +87,14 @@ class SequenceModel(nn.Module):
         dev = next(self.parameters()).device
         self.history = history_keys(torch.as_tensor(items).to(dev), torch.as_tensor(indptr).to(dev), self.n_items)
 
-    def _negatives(self, users: Tensor, generator: torch.Generator | None) -> Tensor | None:
-        """``bce`` negatives for rows owned by ``users`` outside their histories (``None``: the loss draws)."""
+    def _negatives(self, owners: Callable[[], Tensor], generator: torch.Generator | None) -> Tensor | None:
+        """``bce`` negatives for the loss rows, owned by the users ``owners()`` returns, outside those users'
+        histories (``None``: the loss draws its own; ``owners`` is only called when histories are excluded)."""
         if self.objective.negatives_exclude != "history":
             return None
         if self.history is None:
             raise RuntimeError("negatives_exclude: history needs the training histories (set_history)")
-        return history_negatives(users, self.n_items, self.history, generator)
+        return history_negatives(owners(), self.n_items, self.history, generator)
 
     # ------------------------------------------------------------------ encoding
     def hidden(self, input_ids: Tensor, table: Tensor | None = None) -> Tensor:
@@ -164,10 +166,11 @@ class SequenceModel(nn.Module):
                                           generator)
             h = self.hidden(inputs, table)
             sel = targets.reshape(-1).nonzero().squeeze(1)  # cloze targets are sparse: gather them
-            owner = batch.users.repeat(targets.shape[0] // seq.shape[0]).repeat_interleave(targets.shape[1])
+            copies, width = targets.shape[0] // seq.shape[0], targets.shape[1]
             rec = next_item_loss(h.reshape(-1, h.shape[-1])[sel], targets.reshape(-1)[sel], items,
                                  self.objective, generator=generator, log_q=self.sampling_log_q,
-                                 negatives=self._negatives(owner[sel], generator))
+                                 negatives=self._negatives(
+                                     lambda: batch.users.repeat(copies).repeat_interleave(width)[sel], generator))
             last = h[: seq.shape[0], -1]
         else:
             inputs = seq[:, :-1]
@@ -177,12 +180,14 @@ class SequenceModel(nn.Module):
             h = self.hidden(inputs, table)
             if self.objective.positions == "last":
                 rec = next_item_loss(h[:, -1], targets[:, -1], items, self.objective, generator=generator,
-                                     log_q=self.sampling_log_q, negatives=self._negatives(batch.users, generator))
+                                     log_q=self.sampling_log_q,
+                                     negatives=self._negatives(lambda: batch.users, generator))
             else:
-                owner = batch.users.repeat_interleave(targets.shape[1])
+                width = targets.shape[1]
                 rec = next_item_loss(h.reshape(-1, h.shape[-1]), targets.reshape(-1), items, self.objective,
                                      generator=generator, log_q=self.sampling_log_q,
-                                     negatives=self._negatives(owner, generator))
+                                     negatives=self._negatives(lambda: batch.users.repeat_interleave(width),
+                                                               generator))
             last = h[:, -1]
         parts: dict[str, Tensor] = {"rec": rec}
         parts.update(self.item_encoder.aux_losses(seq, table))
