@@ -101,6 +101,12 @@ def test_enrich_tune_grpo_end_to_end(tmp_path, lm_dir):
     assert 0 == run_cli(base)
     (tuned,) = (data / "enrich" / "models").iterdir()
     assert tuned.name.startswith("item-keywords-grpo-") and (tuned / "grpo.json").exists()
+    held = json.loads((tuned / "grpo.json").read_text())["heldout"]
+    # 8 items, 2 tuned on: the other 6 are held out, scored with the base and with the tuned model
+    assert held["before"]["n"] == held["after"]["n"] == 6
+    for side in ("before", "after"):
+        h = held[side]
+        assert h["reward"] == pytest.approx(h["r_info"] + 0.01 * h["r_recon"] + 0.05 * h["r_len"])
     df = pl.read_parquet(data / "enrich" / "item-keywords.parquet")
     text = df.filter((pl.col("view") == "text") & (pl.col("status") != "skipped"))  # --limit 3
     assert text.height == 3 and set(text["model_id"].to_list()) == {str(tuned)}
@@ -108,3 +114,20 @@ def test_enrich_tune_grpo_end_to_end(tmp_path, lm_dir):
     assert 0 == run_cli(base)  # same command: the tuned model is reused, not trained again
     assert (tuned / "model.safetensors").stat().st_mtime_ns == stamp
     assert len(list((data / "enrich" / "models").iterdir())) == 1
+
+
+def test_enrich_only_generates_the_listed_items(tmp_path):
+    data = write_cycle_dataset(tmp_path / "data", n_users=6, n_items=8, seq_len=4)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("2\n\n7\n")
+    base = ["enrich", str(data), "--task", "item-keywords", "--backend", "echo", "--no-progress", "--only", str(ids)]
+    assert 0 == run_cli(base)
+    df = pl.read_parquet(data / "enrich" / "item-keywords.parquet").filter(pl.col("view") == "text")
+    assert df.height == 8  # every item keeps its row
+    assert sorted(df.filter(pl.col("status") == "ok")["item"].to_list()) == [2, 7]
+    assert set(df.filter(pl.col("status") == "skipped")["reason"].to_list()) == {"not in --only"}
+    assert 0 == run_cli([*base, "--limit", "1"])  # the limit counts listed ids only
+    df = pl.read_parquet(data / "enrich" / "item-keywords.parquet").filter(pl.col("view") == "text")
+    assert df.filter(pl.col("status") == "ok")["item"].to_list() == [2]
+    ids.write_text("2\nseven\n")
+    assert 2 == run_cli(base)  # a bad line: one clear error

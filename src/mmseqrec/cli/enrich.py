@@ -22,6 +22,9 @@ def enrich_cmd(
                                               "vllm) or served model name (openai).")] = None,
     revision: Annotated[str | None, typer.Option(help="Model revision (part of the cache key).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="Only the first N items (or users).")] = None,
+    only: Annotated[Path | None, typer.Option("--only", help="A text file of item (or user) ids, one per line "
+                                              "(e.g. from `llmrec keyword-items`): only these are generated.")]
+    = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--keep-failed", help="Generate again what failed in "
                                                "an earlier run (default), or serve those failures from the cache.")]
     = True,
@@ -80,7 +83,7 @@ def enrich_cmd(
     from ..enrich.runner import EnrichConfig, run_enrich
 
     cfg = validate_config(EnrichConfig, {
-        "task": task, "limit": limit, "retry_failed": retry_failed, "mode": mode, "block_size": block_size,
+        "task": task, "limit": limit, "only": _read_ids(only), "retry_failed": retry_failed, "mode": mode, "block_size": block_size,
         "max_consecutive_failures": max_consecutive_failures,
         "max_history": max_history, "image_kind": image_kind, "category": category,
         "profile_source": profile_source, "engine": engine,
@@ -102,6 +105,29 @@ def enrich_cmd(
         Console(stderr=True).print(f"[bold red]error:[/] no generation succeeded ({res.counts['failed']} failed); "
                                    f"first reasons: {reasons}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _read_ids(path: Path | None) -> list[int] | None:
+    """``--only FILE``: integer ids, one per line (blank lines ignored); a bad line is an error naming it."""
+    from ..errors import InputError
+
+    if path is None:
+        return None
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read the id list: {exc.strerror}", file=path) from None
+    ids = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            ids.append(int(line))
+        except ValueError:
+            raise InputError(f"not an integer id: {line.strip()[:40]!r}", file=path, line=n) from None
+    if not ids:
+        raise InputError("the id list is empty", file=path)
+    return ids
 
 
 def _tune(data: Path, cfg, tune: str, steps: int, items: int, weights: str, device: str):
@@ -145,8 +171,10 @@ def print_summary(res) -> None:
               f"{run['seconds']:.1f} s, {run[f'{unit}_per_s']:.2f} {unit}/s "
               f"({run['generations_per_s']:.2f} generations/s)")]
     if units["beyond_limit"]:
-        lines.append(f"{units['beyond_limit']} {unit} beyond --limit (not processed)")
-    other = {k: v for k, v in info["skipped_reasons"].items() if k != "beyond --limit"}
+        why = " or ".join(w for w, on in (("beyond --limit", info["options"].get("limit")),
+                                          ("not in --only", info["options"].get("only") is not None)) if on)
+        lines.append(f"{units['beyond_limit']} {unit} {why or 'beyond --limit'} (not processed)")
+    other = {k: v for k, v in info["skipped_reasons"].items() if k not in ("beyond --limit", "not in --only")}
     if other:
         lines.append("skipped rows: " + ", ".join(f"{k} ({v})" for k, v in other.items()))
     if info["failure_reasons"]:

@@ -69,6 +69,33 @@ def candidates_cmd(
                f"({why})")
 
 
+@llmrec_app.command("keyword-items")
+def keyword_items_cmd(
+    data: Annotated[Path, typer.Argument(help="A prepared dataset directory.")],
+    candidates: Annotated[Path, typer.Option(help="Candidate file from `mmseqrec llmrec candidates`.")],
+    retriever: Annotated[Path, typer.Option(help="The trained SASRec run `llmrec train --method mmsrarec` will use.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Text file of item ids, one per line.")],
+    similar_users: Annotated[int, typer.Option(help="Similar training users per row (|S_u|).")] = 3,
+    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+) -> None:
+    """The items whose keywords MMSRARec needs on this candidate file (histories, candidates, similar users' next
+    items): generate exactly these with `mmseqrec enrich DATA --task item-keywords --only FILE`."""
+    from ..data.dataset import DatasetDir
+    from ..fileio import atomic_write_text
+    from ..llmrec.candidates import read_candidate_set
+    from ..llmrec.mmsrarec import keyword_items
+    from ..llmrec.retrieval import similar_users as find_similar
+    from ..train.run import load_run
+
+    ds = DatasetDir(data)
+    cs = read_candidate_set(candidates, ds.n_items)
+    ret = load_run(retriever, device=device, data_dir=ds.path)
+    ids = keyword_items(cs, find_similar(ret.model, ds.sequences, cs, k=similar_users, device=device))
+    atomic_write_text(out, "".join(f"{i}\n" for i in ids.tolist()))
+    typer.echo(f"wrote {out}: {ids.size} items for {cs.users.size} lists (histories, candidates, "
+               f"{similar_users} similar users' next items)")
+
+
 @llmrec_app.command("train")
 def train_cmd(
     data: Annotated[Path, typer.Option("--data", "-d", help="Prepared dataset directory (with "

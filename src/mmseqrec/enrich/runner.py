@@ -80,6 +80,7 @@ class EnrichConfig(Config):
     ray: RayOptions = RayOptions()
     backend: BackendConfig = BackendConfig()
     limit: int | None = Field(None, ge=1)
+    only: list[int] | None = None  # only these item (or user) ids (``--only FILE``); the others are skipped
     retry_failed: bool = True  # failures cached by earlier runs are generated again (False: served from cache)
     max_consecutive_failures: int = Field(10, ge=0)  # stop after this many failures in a row (0 = never)
     mode: Literal["recurrent", "direct"] = "recurrent"
@@ -370,6 +371,7 @@ def plan_jobs(ds: DatasetDir, cfg: EnrichConfig) -> tuple[list[Job], dict[str, s
     kind, kind_source = (cfg.image_kind, "--image-kind") if cfg.image_kind else default_image_kind(ds)
     opt = TaskOptions(mode=cfg.mode, block_size=cfg.block_size, max_history=cfg.max_history,
                       image_kind=kind, limit=cfg.limit, category=cfg.category,
+                      only=None if cfg.only is None else frozenset(cfg.only),
                       profile_source=cfg.profile_source)
     jobs, notes = plan_task(ds, cfg.task, opt)
     return jobs, notes, kind, kind_source
@@ -436,7 +438,8 @@ def export(ds: DatasetDir, cfg: EnrichConfig, jobs: list[Job], notes: dict[str, 
         "decoding": json.loads(cfg.backend.decoding.key()),
         "templates": [TEMPLATES[t].metadata() for t in used],
         "options": {"mode": cfg.mode, "block_size": cfg.block_size, "max_history": cfg.max_history,
-                    "limit": cfg.limit, "image_kind": kind, "image_kind_source": kind_source,
+                    "limit": cfg.limit, "only": None if cfg.only is None else len(cfg.only),
+                    "image_kind": kind, "image_kind_source": kind_source,
                     "retry_failed": cfg.retry_failed, "category": cfg.category,
                     "profile_source": cfg.profile_source},
         "notes": notes, "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -460,7 +463,7 @@ def _reason_counts(df: pl.DataFrame, status: str, top: int = 5) -> dict[str, int
 
 
 def _unit_counts(df: pl.DataFrame, unit: str, jobs: list[Job]) -> dict[str, Any]:
-    """Items (or users): total, beyond ``--limit``, and ok / failed / skipped over their rows (an item with a
+    """Items (or users): total, beyond ``--limit`` or not in ``--only``, and ok / failed / skipped over their rows (an item with a
     failed view is failed; one whose rows are all skipped is skipped; else ok)."""
     beyond = len({j.row[unit] for j in jobs if j.beyond_limit})
     per = df.group_by(unit).agg(

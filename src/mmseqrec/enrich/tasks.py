@@ -260,6 +260,7 @@ class TaskOptions:
     image_kind: str = NEUTRAL_IMAGE_KIND
     max_text_chars: int = 1500
     limit: int | None = None
+    only: frozenset[int] | None = None  # item (or user) ids to generate; the other rows are skipped
     category: str = MLLMREC_CATEGORY
     profile_source: ProfileSource = "training"
 
@@ -561,10 +562,17 @@ def plan_task(ds: DatasetDir, task: str, opt: TaskOptions) -> tuple[list[Job], d
                    "the evaluation targets into the profile)")
         notes = {"item_descriptions": src, "history": history, "profile_source": opt.profile_source,
                  "max_history": str(opt.max_history)}
+    key = "item" if item_task else "user"
+    if opt.only is not None:  # keep every row (aligned to the vocabulary); unlisted ids are skipped
+        for job in jobs:
+            if int(job.row[key]) not in opt.only:
+                job.n_steps, job.skip_reason = 0, "not in --only"
+                job.beyond_limit = True
     if opt.limit is not None:  # keep every row (aligned to the vocabulary); rows past the limit are skipped
-        key = "item" if item_task else "user"
         seen: list[object] = []
         for job in jobs:
+            if job.beyond_limit:  # not in --only: the limit counts listed ids only
+                continue
             rid = job.row[key]
             if rid not in seen[-1:]:
                 seen.append(rid)

@@ -10,7 +10,13 @@ recorded with every result scored on it.
 A file with a ``split`` column (values ``train`` / ``valid`` / ``test``, written by ``mmseqrec llmrec
 candidates``) *defines* the cases of each split: scoring a split uses only that split's rows, each of which must
 be an evaluation case of the dataset's split (same user, same target); the split's other cases are not scored
-(a user-level 8:1:1 split scores only the test users). ``train`` rows are never scored.
+(a user-level 8:1:1 split scores only the test users). ``train`` rows are never scored. A file that also has a
+``position`` column (the target's 0-based index in the user's sequence, also written by ``mmseqrec llmrec
+candidates``) defines the cases' histories too (:func:`file_cases`): each row is scored with the history that ends
+at its position. Leave-one-out rows get the same cases as before; impression rows (``--split impression``:
+several rows per user, anywhere in the sequence) are scored where they happened. A sequential model trained on
+the leave-one-out training prefixes has seen the items after an early impression: for such files its scores
+are not a held-out evaluation (say so next to any number).
 
 :func:`write_candidates` writes such a file (atomically) from arrays; :func:`read_candidates` validates it and
 aligns it with a split's evaluation cases. Everything is vectorised (no per-row Python).
@@ -27,7 +33,7 @@ import polars as pl
 from ..errors import InputError
 from ..fileio import atomic_path, sha256_file
 
-__all__ = ["CandidateLists", "read_candidates", "write_candidates"]
+__all__ = ["CandidateLists", "file_cases", "read_candidates", "write_candidates"]
 
 _COLUMNS = ("user", "target", "candidates")
 
@@ -140,6 +146,33 @@ def _check_split_values(col: pl.Series, path: str | Path) -> None:
         raise InputError(f"split must be one of {', '.join(_SPLITS)}, got {col[i - 1]!r}", file=path, line=i,
                          field="split")
 
+
+
+def file_cases(path: str | Path, seqs, split: str | None):
+    """The evaluation cases a candidate file with ``split`` and ``position`` columns defines for ``split``:
+    ``(EvalSet, file rows)`` in the file's order, each history ending at its row's position; ``None`` for a file
+    without those columns (or no split named: :func:`read_candidates` then explains). The item at each row's
+    position must be its target (an error naming the line otherwise)."""
+    from ..data.split import EvalSet
+
+    cols = pl.read_parquet_schema(path)
+    if "position" not in cols or "split" not in cols or split is None:
+        return None
+    df = pl.read_parquet(path, columns=["user", "target", "split", "position"])
+    rows = np.nonzero((df["split"].cast(pl.Utf8) == split).fill_null(False).to_numpy())[0]
+    users = df["user"].to_numpy()[rows].astype(np.int64)
+    targets = df["target"].to_numpy()[rows].astype(np.int64)
+    pos = df["position"].fill_null(-1).to_numpy()[rows].astype(np.int64)
+    ok = (users >= 1) & (users <= seqs.n_users) & (pos >= 0)
+    hist_end = np.where(ok, seqs.indptr[np.where(ok, users, 0)] + pos, 0)
+    ok[ok] = hist_end[ok] < seqs.indptr[users[ok] + 1]
+    ok[ok] = seqs.items[hist_end[ok]] == targets[ok]
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise InputError(f"user {int(users[i])}: the item at position {int(pos[i])} is not the target "
+                         f"{int(targets[i])} (was the file built from another dataset?)", file=path,
+                         line=int(rows[i]) + 1, field="position")
+    return EvalSet(users, targets, hist_end, name=split), rows
 
 
 def _first_missing(joined: pl.DataFrame, col: str) -> int | None:

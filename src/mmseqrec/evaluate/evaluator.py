@@ -326,7 +326,7 @@ def evaluate_ranking(
     -------
     RankingResult
     """
-    from .candidates import read_candidates
+    from .candidates import file_cases, read_candidates
     from .chunked import DEFAULT_ITEM_CHUNK, chunked_rank_parts
 
     proto = Protocol.parse(protocol)
@@ -347,6 +347,9 @@ def evaluate_ranking(
         if candidates is not None:
             raise InputError("give candidate lists either as a file in the protocol or as an array, not both",
                              field="candidates")
+        own = file_cases(proto.file, seqs, getattr(evalset, "name", None))
+        if own is not None:  # the file's rows are the cases, with their own histories (impression lists)
+            users, targets, hist_end = own[0].users, own[0].targets, own[0].hist_end
         lists = read_candidates(proto.file, users, targets, n_users=seqs.n_users, n_items=seqs.n_items,
                                 split=getattr(evalset, "name", None))
         if lists.cases is not None:  # a file with a split column defines the cases scored

@@ -22,8 +22,10 @@ and not clicked. Each impression becomes one list: its clicked item, ``N`` of it
 choice; impressions with fewer, or with fewer than ``n`` earlier interactions, are left out and counted) and
 the ``n`` interactions before it as history; the impressions, not the users, are split 8:1:1. Shown negatives
 are the impression's own: they may include items the user interacts with at another time. These rows are not
-leave-one-out cases: LLM-recommender runs score them from the file (its ``position`` column), the sequential
-evaluator (``mmseqrec evaluate --protocol candidates:file``) does not, and because one user's impressions fall
+leave-one-out cases: every recommender scores them from the file (its ``position`` column ends each history,
+:func:`mmseqrec.evaluate.candidates.file_cases`), LLM runs and ``mmseqrec evaluate RUN --protocol
+candidates:file=FILE`` alike; a sequential model trained on leave-one-out prefixes has, however, seen the items
+after an early impression (not a held-out score for it). Because one user's impressions fall
 into different splits, per-user summaries over the training prefix (MLLM-MSR's preferences) would see
 held-out items: ``llmrec train --method mllm-msr`` refuses such a file.
 """

@@ -7,7 +7,10 @@ subset of ``items`` items with a text; each prompt gets ``num_generations`` samp
 three reward terms, which TRL combines with ``reward_weights = [alpha, beta, gamma]`` (the weighted sum is the
 reward; group-normalised advantages, as GRPO). LoRA (peft) on every linear layer; the tuned adapter is merged
 and the model saved (safetensors) under ``DATA/enrich/models/item-keywords-grpo-<key>/`` with ``grpo.json``
-(configuration, base model, per-step reward log). The key hashes the base model's identity and the tuning
+(configuration, base model, per-step reward log, and the reward of the base and of the tuned model on
+``eval_items`` **held-out** items: greedy keywords through the same ``transformers`` generation path as the
+enrich run, :func:`heldout_reward`). The tuning and held-out items are seeded draws from the whole catalogue,
+whatever ``--limit`` / ``--only`` select for generation, so one tuned model serves every generation run. The key hashes the base model's identity and the tuning
 configuration: the same command reuses a finished model instead of training again, and a tuned model is never
 overwritten. The enrich run then generates with the tuned model through the ``transformers`` backend.
 
@@ -34,7 +37,7 @@ from ..errors import InputError, require
 from ..fileio import atomic_dir
 from .rewards import RewardWeights, reward_info, reward_len, reward_recon
 
-__all__ = ["GRPOTuneConfig", "keyword_reward_funcs", "tune_for_enrich", "tune_keywords_grpo"]
+__all__ = ["GRPOTuneConfig", "heldout_reward", "keyword_reward_funcs", "tune_for_enrich", "tune_keywords_grpo"]
 
 
 class GRPOTuneConfig(Config):
@@ -53,6 +56,7 @@ class GRPOTuneConfig(Config):
     lora_r : LoRA rank (alpha = 2 r).
     kl_beta : TRL's KL coefficient (0 = no reference model, TRL's default).
     encoder : the sentence encoder phi of R_info (an :func:`mmseqrec.embed.encoders.load_encoder` name).
+    eval_items : held-out items (none of the tuning items) whose greedy keywords are scored before and after.
     seed : item subset, LoRA init and sampling.
     """
 
@@ -69,6 +73,7 @@ class GRPOTuneConfig(Config):
     lora_r: int = Field(8, ge=1)
     kl_beta: float = Field(0.0, ge=0)
     encoder: str = "all-MiniLM-L6-v2"
+    eval_items: int = Field(16, ge=0)
     seed: int = 0
 
     @property
@@ -101,6 +106,27 @@ def keyword_reward_funcs(embed: Callable[[list[str]], np.ndarray], recon_model, 
     return [r_info, r_recon, r_len]
 
 
+def heldout_reward(model_dir: str | Path, prompts: Sequence[str], references: Sequence[str], *, embed, recon_model,
+                   recon_tokenizer, weights: RewardWeights, max_new_tokens: int, device: str = "cpu",
+                   examples: int = 3) -> dict[str, Any]:
+    """Greedy keywords of the model in ``model_dir`` for ``prompts`` (the ``transformers`` enrich backend: chat
+    template, batched, left padding) and the mean reward terms against ``references``."""
+    from ..enrich.backends import BackendConfig, Decoding
+    from ..enrich.backends.base import GenRequest
+    from ..enrich.backends.transformers_backend import TransformersBackend
+
+    be = TransformersBackend(BackendConfig(backend="transformers", model=str(model_dir), device=device,
+                                           decoding=Decoding(max_new_tokens=max_new_tokens, temperature=0.0)))
+    kws = [r.text or "" for r in be.generate([GenRequest(p, max_new_tokens=max_new_tokens) for p in prompts])]
+    info = reward_info(kws, list(references), embed)
+    recon = reward_recon(kws, list(references), recon_model, recon_tokenizer)
+    n_kw = reward_len(kws)
+    total = weights.alpha * info + weights.beta * recon + weights.gamma * n_kw
+    return {"n": len(kws), "reward": float(total.mean()), "r_info": float(info.mean()),
+            "r_recon": float(recon.mean()), "r_len": float(n_kw.mean()),
+            "chars": float(np.mean([len(k) for k in kws])), "examples": kws[:examples]}
+
+
 def _trl():
     trl = require("trl", "llm", "GRPO tuning of the keyword summariser (--tune grpo)")
     return trl.GRPOConfig, trl.GRPOTrainer
@@ -108,10 +134,13 @@ def _trl():
 
 def tune_keywords_grpo(model_dir: str | Path, prompts: Sequence[str], references: Sequence[str], out: str | Path,
                        cfg: GRPOTuneConfig, embed: Callable[[list[str]], np.ndarray] | None = None,
-                       device: str = "cpu") -> dict[str, Any]:
+                       device: str = "cpu", heldout: tuple[Sequence[str], Sequence[str]] | None = None
+                       ) -> dict[str, Any]:
     """GRPO-tune the causal LM in ``model_dir`` on ``prompts`` (one user turn each, the model's chat template)
     with the MMSRARec reward against ``references``; save the merged model + tokenizer + ``grpo.json`` into
-    ``out`` (atomic, refused if it exists). Returns the ``grpo.json`` record."""
+    ``out`` (atomic, refused if it exists). ``heldout = (prompts, references)`` of items not tuned on: their
+    reward with the base and the tuned model is recorded (``heldout.before`` / ``heldout.after``). Returns the
+    ``grpo.json`` record."""
     import torch
 
     GRPOConfig, GRPOTrainer = _trl()
@@ -134,6 +163,11 @@ def tune_keywords_grpo(model_dir: str | Path, prompts: Sequence[str], references
     policy, tok = load_lm(model_dir, device)
     recon, recon_tok = load_lm(model_dir, device)  # the frozen, untuned reconstruction LM
     recon.eval().requires_grad_(False)
+    held: dict[str, Any] = {}
+    if heldout is not None and len(heldout[0]):
+        kw = {"embed": embed, "recon_model": recon, "recon_tokenizer": recon_tok, "weights": cfg.weights,
+              "max_new_tokens": cfg.max_completion_length, "device": device}
+        held["before"] = heldout_reward(model_dir, heldout[0], heldout[1], **kw)
     ds = datasets.Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in prompts],
                                      "reference": list(references)})
     with tempfile.TemporaryDirectory(prefix="mmseqrec-grpo-") as scratch:
@@ -158,6 +192,9 @@ def tune_keywords_grpo(model_dir: str | Path, prompts: Sequence[str], references
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        if held:
+            held["after"] = heldout_reward(tmp, heldout[0], heldout[1], **kw)
+            record["heldout"] = {"greedy, max_new_tokens": cfg.max_completion_length, **held}
         (tmp / "grpo.json").write_text(json.dumps(record, indent=1))
     return record
 
@@ -182,16 +219,22 @@ def tune_for_enrich(data: str | Path, enrich_cfg, cfg: GRPOTuneConfig, *, device
         raise InputError("--tune grpo trains a local model: use --backend offline (SmolLM2) or --backend "
                          "transformers --model DIR", field="--backend")
     ds = DatasetDir(data)
-    jobs, _ = plan_task(ds, "item-keywords", TaskOptions(limit=enrich_cfg.limit))
+    jobs, _ = plan_task(ds, "item-keywords", TaskOptions())  # the whole catalogue (see the module docstring)
     steps = [j.make_step(0, None) for j in jobs if j.row.get("view") == "text" and not j.beyond_limit]
     steps = [s for s in steps if s.context.get("text") not in (None, "", "unknown") or s.context.get("title")]
     if not steps:
         raise InputError("no item with a title or text to tune the keyword summariser on", file=ds.path)
     rng = np.random.default_rng(cfg.seed)
-    pick = np.sort(rng.choice(len(steps), min(cfg.items, len(steps)), replace=False))
+    perm = rng.permutation(len(steps))
+    pick = np.sort(perm[:min(cfg.items, len(steps))])
+    held = np.sort(perm[pick.size:pick.size + cfg.eval_items])
+
+    def ref(i: int) -> str:
+        return ". ".join(x for x in (steps[i].context.get("title"), steps[i].context.get("text")) if x and
+                         x != "unknown")
+
     prompts = [steps[i].prompt for i in pick]
-    refs = [". ".join(x for x in (steps[i].context.get("title"), steps[i].context.get("text")) if x and
-                      x != "unknown") for i in pick]
+    refs = [ref(i) for i in pick]
     from ..enrich.backends.transformers_backend import _revision
 
     key = hashlib.sha256(json.dumps({"base": _revision(str(base), None), "cfg": cfg.model_dump(),
@@ -199,7 +242,8 @@ def tune_for_enrich(data: str | Path, enrich_cfg, cfg: GRPOTuneConfig, *, device
     out = Path(ds.path) / "enrich" / "models" / f"item-keywords-grpo-{key}"
     reused = (out / "grpo.json").exists()
     if not reused:
-        tune_keywords_grpo(base, prompts, refs, out, cfg, device=device)
+        tune_keywords_grpo(base, prompts, refs, out, cfg, device=device,
+                           heldout=([steps[i].prompt for i in held], [ref(i) for i in held]))
     tuned = enrich_cfg.model_copy(update={"backend": be.model_copy(update={"backend": "transformers",
                                                                            "model": str(out)})})
     return tuned, out, reused

@@ -26,7 +26,8 @@ from ..errors import InputError
 from .candidates import CandidateSet
 from .retrieval import SimilarUsers
 
-__all__ = ["AUX_TEMPLATES", "RECOMMEND_KW", "KeywordPrompter", "item_text_keywords", "load_keywords"]
+__all__ = ["AUX_TEMPLATES", "RECOMMEND_KW", "KeywordPrompter", "item_text_keywords", "keyword_items",
+           "load_keywords"]
 
 RECOMMEND_KW = PromptTemplate(
     "mmsrarec/recommend", "1",
@@ -78,6 +79,14 @@ def load_keywords(ds: DatasetDir, titles: np.ndarray) -> tuple[np.ndarray, dict[
     kw[ok["item"].to_numpy()] = np.asarray(ok["kw"].to_list() + [None], dtype=object)[:-1]
     n = len(titles) - 1
     return kw, {"keywords_from_file": int(ok.height), "keywords_title_fallback": int(n - ok.height)}
+
+
+def keyword_items(cs: CandidateSet, similar: SimilarUsers) -> np.ndarray:
+    """The sorted item ids whose keywords MMSRARec's prompts of ``cs`` use: every row's history items, all its
+    candidates (training rows too: each seed draws its own negative) and its similar users' next items. The
+    auxiliary prompts use the training targets, which are candidates."""
+    ids = np.concatenate([cs.history.ravel(), cs.candidates.ravel(), similar.items.ravel()])
+    return np.unique(ids[ids > 0])
 
 
 @dataclass

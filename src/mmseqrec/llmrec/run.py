@@ -236,17 +236,9 @@ def _evalset(cs, ds: DatasetDir, split_name: str, path: str) -> tuple[EvalSet, n
     rows; a file without positions (older files: leave-one-out rows) uses the leave-one-out cases (rows None)."""
     if cs.positions is None:
         return getattr(leave_one_out(ds.sequences), split_name), None
-    rows = cs.rows(split_name)
-    seqs = ds.sequences
-    hist_end = cs.hist_end(seqs)[rows]
-    ok = (cs.positions[rows] >= 0) & (hist_end < seqs.indptr[cs.users[rows] + 1])
-    ok[ok] = seqs.items[hist_end[ok]] == cs.targets[rows][ok]
-    if not ok.all():
-        i = int(rows[np.argmin(ok)])
-        raise InputError(f"user {int(cs.users[i])}: the item at position {int(cs.positions[i])} is not the target "
-                         f"{int(cs.targets[i])} (was the file built from another dataset?)", file=path,
-                         line=i + 1, field="position")
-    return EvalSet(cs.users[rows], cs.targets[rows], hist_end, name=split_name), rows
+    from ..evaluate.candidates import file_cases
+
+    return file_cases(path, ds.sequences, split_name)
 
 
 def _score_split(scorer: YesNoScorer, prompter: Prompter, ds: DatasetDir, cand_path: str, split_name: str,
