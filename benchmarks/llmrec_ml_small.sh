@@ -8,11 +8,15 @@
 # generated once (resumable cache) and reused by every seed; the seeds vary the SFT (LoRA init, negatives, order).
 # SAS: directory holding trained SASRec runs sasrec-{42,43,44} on this dataset (ID-only, table (b)'s recipe); when
 # absent they are trained here. DMESR (text view only, as table (b)) is trained here with DMESR_SET's recipe.
-# MMSRARec uses the items' own text (categories) in place of generated keywords (--keywords item-text) and
-# SASRec seed 42 as its similar-user retriever. The session that wrote docs/results.md ran MM_SEEDS=0 only (CPU).
+# MMSRARec (SASRec seed 42 as its similar-user retriever): its keyword summariser SmolLM2 is GRPO-tuned
+# (GRPO_STEPS steps on 64 items, held-out reward before/after in DATA/enrich/models/*/grpo.json), then generates
+# keywords (KW_TOKENS new tokens at most) for exactly the items the lists need (`llmrec keyword-items`: histories,
+# all candidates, similar users' next items); runs mmkw-SEED. The ablation row "MMSRARec (item text)" puts the
+# items' own text (categories) in place of the keywords (--keywords item-text, no GRPO), seeds MM_TEXT_SEEDS.
 set -euo pipefail
 N=${N:-100}; EPOCHS=${EPOCHS:-2}; MM_EPOCHS=${MM_EPOCHS:-1}; OUT=${OUT:-/tmp/llmrec12}; PY=${PY:-python}
 SAS=${SAS:-$OUT/seq}; SEEDS=${SEEDS:-"0 1 2"}; MM_SEEDS=${MM_SEEDS:-$SEEDS}; SEQ_SEEDS=${SEQ_SEEDS:-"42 43 44"}
+MM_TEXT_SEEDS=${MM_TEXT_SEEDS:-0}; GRPO_STEPS=${GRPO_STEPS:-20}; KW_TOKENS=${KW_TOKENS:-24}
 DMESR_SET=${DMESR_SET:-"--set train.windows=last --set train.epochs=10 --set train.patience=0"}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 M="$PY -m mmseqrec"; D="$OUT/data"; L="$OUT/lists.parquet"; P="candidates:file=$L"
@@ -40,11 +44,22 @@ for s in $SEEDS; do
   [ -d "$OUT/msr-$s" ] || t $M llmrec train --method mllm-msr --data "$D" --candidates "$L" --model smollm2 \
       --out "$OUT/msr-$s" --epochs "$EPOCHS" --seed "$s" --batch-size 4 --max-length 512
 done
+[ -f "$OUT/kw-items.txt" ] || t $M llmrec keyword-items "$D" --candidates "$L" --retriever "$SAS/sasrec-42" \
+    --out "$OUT/kw-items.txt"
+[ -f "$D/enrich/item-keywords.parquet" ] || t $M enrich "$D" --task item-keywords --backend offline --tune grpo \
+    --tune-steps "$GRPO_STEPS" --tune-items 64 --only "$OUT/kw-items.txt" --max-new-tokens "$KW_TOKENS" \
+    --threads 1 --no-progress --device cpu
 for s in $MM_SEEDS; do
+  [ -d "$OUT/mmkw-$s" ] || t $M llmrec train --method mmsrarec --retriever "$SAS/sasrec-42" \
+      --data "$D" --candidates "$L" --model smollm2 --out "$OUT/mmkw-$s" --epochs "$MM_EPOCHS" --seed "$s" \
+      --batch-size 4 --max-length 512
+done
+for s in $MM_TEXT_SEEDS; do
   [ -d "$OUT/mm-$s" ] || t $M llmrec train --method mmsrarec --keywords item-text --retriever "$SAS/sasrec-42" \
       --data "$D" --candidates "$L" --model smollm2 --out "$OUT/mm-$s" --epochs "$MM_EPOCHS" --seed "$s" \
       --batch-size 4 --max-length 512
 done
 $PY benchmarks/llmrec_table.py --protocol "$P" --against Pop --against SASRec "Pop=$OUT/seq/pop" \
     "SASRec=$(ls -d "$SAS"/sasrec-* | paste -sd,)" "DMESR=$(ls -d "$OUT"/seq/dmesr-* | paste -sd,)" \
-    "MLLM-MSR=$(ls -d "$OUT"/msr-* | paste -sd,)" "MMSRARec=$(ls -d "$OUT"/mm-* | paste -sd,)"
+    "MLLM-MSR=$(ls -d "$OUT"/msr-* | paste -sd,)" "MMSRARec=$(ls -d "$OUT"/mmkw-* | paste -sd,)" \
+    "MMSRARec (item text)=$(ls -d "$OUT"/mm-* | paste -sd,)"

@@ -134,3 +134,22 @@ def test_mmsrarec_run_with_multitask_sft(tmp_path):
     assert m["test"]["n_cases"] == cs.counts()["test"]
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert log[0]["n_pairs"] == 3 and log[0]["n_examples"] == 3 * 4  # yes + no + two auxiliary per user
+    # the items whose keywords these prompts need: histories, all candidates, similar users' next items
+    ids_file = tmp_path / "kw-items.txt"
+    assert 0 == run_cli(["llmrec", "keyword-items", str(data), "--candidates", str(lists), "--retriever", str(sas),
+                         "--out", str(ids_file)])
+    from mmseqrec.data.dataset import DatasetDir
+    from mmseqrec.train.run import load_run
+
+    sim = similar_users(load_run(sas).model, DatasetDir(data).sequences, cs, k=3)
+    want = (set(cs.history[cs.history > 0].tolist()) | set(cs.candidates.ravel().tolist())
+            | set(sim.items.ravel().tolist()))
+    assert [int(x) for x in ids_file.read_text().split()] == sorted(want)
+
+
+def test_keyword_items_by_hand():
+    from mmseqrec.llmrec.mmsrarec import keyword_items
+
+    cs = SimpleNamespace(history=np.array([[0, 7, 2], [3, 3, 9]]), candidates=np.array([[4, 2], [9, 11]]))
+    sim = SimpleNamespace(items=np.array([[5], [7]]))
+    assert keyword_items(cs, sim).tolist() == [2, 3, 4, 5, 7, 9, 11]
