@@ -68,7 +68,9 @@ def main() -> None:
     print("|" + "---|" * len(head))
     for name, recs in groups.items():
         agg = aggregate_seeds([r.metrics("test") for r in recs])
-        row = [name, str(len(recs))] + [f"{agg[m][0]:.3f} ± {agg[m][1]:.3f}" for m in metrics]
+        # one run (a single seed, or deterministic Pop) has no spread: its value alone, never "± 0.000"
+        row = [name, str(len(recs))] + [f"{agg[m][0]:.3f}" + (f" ± {agg[m][1]:.3f}" if len(recs) > 1 else "")
+                                         for m in metrics]
         for ref in args.against:
             for m in tested:
                 v = p.get((name, ref, m))
