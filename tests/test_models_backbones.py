@@ -18,7 +18,6 @@ from mmseqrec.models import (
     SequenceModel,
     cloze,
     cloze_batch,
-    prefix_copies,
 )
 from mmseqrec.models.item_encoders import ContentEmbedding
 from mmseqrec.models.sequence import Batch
@@ -195,36 +194,6 @@ def test_cloze_batch_last_item_copy_masks_only_the_last_real_item():
     assert targets[3:].tolist() == [[0, 0, 0, 0, 5], [0, 0, 0, 0, 6], [0, 0, 0, 0, 0]]
     only, only_t = cloze_batch(ids, 0.5, 9, 10, False, torch.Generator().manual_seed(1))
     assert torch.equal(only, c_in) and torch.equal(only_t, c_t)
-
-
-def test_prefix_copies_cut_each_window_after_a_random_item_and_keep_one_item_of_context():
-    """Each copy of ``[0, 0, 3, 4, 5, 6]`` (4 items) is one of its prefixes ``[3, 4]``, ``[3, 4, 5]`` or the
-    whole window (never ``[3]``: one item of context stays), right-aligned; 1-item and empty windows stay."""
-    ids = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7], [0, 0, 0, 0, 0, 0]])
-    out = prefix_copies(ids, 300, torch.Generator().manual_seed(0))
-    assert out.shape == (900, 6)
-    expected = {(0, 0, 0, 0, 3, 4), (0, 0, 0, 3, 4, 5), (0, 0, 3, 4, 5, 6)}
-    rows = [tuple(r) for r in out[0::3].tolist()]
-    assert set(rows) == expected
-    assert all(abs(rows.count(e) / 300 - 1 / 3) < 0.1 for e in expected)  # uniform ends
-    assert (out[1::3] == ids[1]).all() and (out[2::3] == 0).all()
-
-
-def test_cloze_batch_random_copies_mask_the_last_item_of_each_prefix():
-    """With ``copy_ends="random"`` the copy rows are :func:`prefix_copies` (drawn after the cloze masks from
-    the same generator) with their last item masked and as the only target; ``n_copies > 1`` needs them."""
-    ids = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 6], [0, 0, 0, 0, 0]])
-    g = torch.Generator().manual_seed(2)
-    inputs, targets = cloze_batch(ids, 0.5, 9, 10, 2, g, "random")
-    g2 = torch.Generator().manual_seed(2)
-    c_in, c_t = cloze(ids, 0.5, 9, 10, g2)
-    pre = prefix_copies(ids, 2, g2)
-    assert inputs.shape == (9, 5) and torch.equal(inputs[:3], c_in) and torch.equal(targets[:3], c_t)
-    assert torch.equal(inputs[3:, :-1], pre[:, :-1]) and inputs[3:, -1].tolist() == [10, 10, 0, 10, 10, 0]
-    assert torch.equal(targets[3:, -1], pre[:, -1]) and (targets[3:, :-1] == 0).all()
-    with pytest.raises(ValueError, match="copy_ends: random"):
-        BERT4RecConfig(n_copies=2)
-    assert BERT4Rec(BERT4RecConfig(last_item_copy=False, n_copies=3, copy_ends="random"), D).n_copies == 0
 
 
 def test_bert4rec_loss_is_the_mean_ce_over_cloze_and_last_item_targets():

@@ -2,7 +2,7 @@
 
 from .base import Backbone, ItemEncoder
 from .baselines import ClosedFormModel, ItemKNN, ItemKNNConfig, Pop, PopConfig
-from .bert4rec import BERT4Rec, BERT4RecConfig, cloze, cloze_batch, prefix_copies
+from .bert4rec import BERT4Rec, BERT4RecConfig, cloze, cloze_batch
 from .gru4rec import GRU4Rec, GRU4RecConfig
 from .item_encoders import ContentEmbedding, ContentEmbeddingConfig, IdEmbedding, IdEmbeddingConfig
 from .losses import ObjectiveConfig, gbce_beta, next_item_loss
@@ -35,5 +35,4 @@ __all__ = [
     "cloze_batch",
     "gbce_beta",
     "next_item_loss",
-    "prefix_copies",
 ]

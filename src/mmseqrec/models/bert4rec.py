@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor
 
 from ..config import Config
 from .sasrec import TransformerBackbone
 
-__all__ = ["BERT4Rec", "BERT4RecConfig", "cloze", "cloze_batch", "prefix_copies"]
+__all__ = ["BERT4Rec", "BERT4RecConfig", "cloze", "cloze_batch"]
 
 
 class BERT4RecConfig(Config):
@@ -34,12 +34,6 @@ class BERT4RecConfig(Config):
         ``from-start``, ``false``).
     mask_prob : probability that a real position is selected as a cloze target (LLM-ESR scripts use 0.6).
     last_item_copy : also train on a copy of each sequence with only its last item masked (LLM-ESR).
-    copy_ends : where the next-item copies end: ``last`` (default: the window's last item, the same target
-        every epoch) or ``random`` (each copy is the window cut after a uniformly drawn item, keeping at least
-        one item of context, shifted so that the drawn item sits at the last position and is masked: a new
-        next-item target with its full left context each time; see docs/methods/bert4rec.md).
-    n_copies : next-item copies of every window with ``last_item_copy`` (more than 1 only with ``copy_ends:
-        random``; each copy draws its own end).
     """
 
     name: Literal["bert4rec"] = "bert4rec"
@@ -55,14 +49,6 @@ class BERT4RecConfig(Config):
     mask_padding: bool = True
     mask_prob: float = Field(0.2, gt=0, lt=1)
     last_item_copy: bool = True
-    copy_ends: Literal["last", "random"] = "last"
-    n_copies: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _copies(self) -> BERT4RecConfig:
-        if self.n_copies > 1 and self.copy_ends == "last":
-            raise ValueError("n_copies > 1 needs copy_ends: random (copies ending at the last item are identical)")
-        return self
 
 
 class BERT4Rec(TransformerBackbone):
@@ -74,8 +60,6 @@ class BERT4Rec(TransformerBackbone):
         self.cloze = True
         self.mask_prob = float(cfg.mask_prob)
         self.last_item_copy = bool(cfg.last_item_copy)
-        self.copy_ends = cfg.copy_ends
-        self.n_copies = int(cfg.n_copies) if cfg.last_item_copy else 0
 
 
 def cloze(ids: Tensor, mask_prob: float, n_items: int, mask_id: int,
@@ -99,43 +83,19 @@ def cloze(ids: Tensor, mask_prob: float, n_items: int, mask_id: int,
     return inputs, targets
 
 
-def prefix_copies(ids: Tensor, copies: int, generator: torch.Generator | None = None) -> Tensor:
-    """``copies`` randomly cut copies of left-padded windows ``ids [B, L]`` (rows ``c * B + b``).
-
-    Copy ``c`` of window ``b`` (``n`` real items) drops its ``k`` most recent items, ``k`` uniform on ``0 ..
-    max(n - 2, 0)`` (so at least one item stays before the new last item), and is shifted right by ``k`` with
-    left padding: the kept prefix ends at the last position, where inference appends the mask token.
-    """
-    rep = ids.repeat(copies, 1)
-    n = (rep != 0).sum(1)
-    u = torch.rand(rep.shape[0], device=ids.device, generator=generator)
-    k = (u * (n - 1).clamp(min=1)).long().clamp(max=(n - 2).clamp(min=0))
-    col = torch.arange(ids.shape[1], device=ids.device)[None] - k[:, None]
-    return torch.where(col >= 0, rep.gather(1, col.clamp(min=0)), torch.zeros_like(rep))
-
-
-def cloze_batch(ids: Tensor, mask_prob: float, n_items: int, mask_id: int, last_item_copy: bool | int,
-                generator: torch.Generator | None = None, copy_ends: str = "last") -> tuple[Tensor, Tensor]:
+def cloze_batch(ids: Tensor, mask_prob: float, n_items: int, mask_id: int, last_item_copy: bool,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """BERT4Rec's training inputs and targets for left-padded windows ``ids [B, L]``.
 
-    Rows ``0..B-1`` are :func:`cloze`-masked; with ``last_item_copy`` (``True`` or a number of copies ``C``)
-    rows ``B..(C+1)B-1`` repeat the windows with only their last item replaced by ``mask_id`` and it as the only
-    target (the original code's ``mask_last`` instances; at inference the mask token sits at that same last
-    position). With ``copy_ends="random"`` the copies are :func:`prefix_copies` (drawn after the cloze masks,
-    from the same generator) before their last item is masked. Targets are 0 where there is none.
+    Rows ``0..B-1`` are :func:`cloze`-masked; with ``last_item_copy`` rows ``B..2B-1`` repeat the windows with
+    only their last item replaced by ``mask_id`` and it as the only target (the original code's ``mask_last``
+    instances; at inference the mask token sits at that same last position). Targets are 0 where there is none.
     """
     inputs, targets = cloze(ids, mask_prob, n_items, mask_id, generator)
-    copies = int(last_item_copy)
-    if copies <= 0:
+    if not last_item_copy:
         return inputs, targets
-    if copy_ends == "random":
-        base = prefix_copies(ids, copies, generator)
-    elif copy_ends == "last":
-        base = ids.repeat(copies, 1)
-    else:
-        raise ValueError(f"copy_ends must be last or random, got {copy_ends!r}")
-    last_in = base.clone()
-    last_in[:, -1] = torch.where(base[:, -1] != 0, mask_id, 0)
-    last_t = torch.zeros_like(base)
-    last_t[:, -1] = base[:, -1]
+    last_in = ids.clone()
+    last_in[:, -1] = torch.where(ids[:, -1] != 0, mask_id, 0)
+    last_t = torch.zeros_like(ids)
+    last_t[:, -1] = ids[:, -1]
     return torch.cat([inputs, last_in]), torch.cat([targets, last_t])

@@ -162,8 +162,8 @@ class SequenceModel(nn.Module):
         if self.bidirectional:
             ids = seq[:, -self.max_len:]
             inputs, targets = cloze_batch(ids, float(getattr(self.backbone, "mask_prob", 0.2)), self.n_items,
-                                          self.mask_id, int(getattr(self.backbone, "n_copies", 0)), generator,
-                                          str(getattr(self.backbone, "copy_ends", "last")))
+                                          self.mask_id, bool(getattr(self.backbone, "last_item_copy", False)),
+                                          generator)
             h = self.hidden(inputs, table)
             sel = targets.reshape(-1).nonzero().squeeze(1)  # cloze targets are sparse: gather them
             copies, width = targets.shape[0] // seq.shape[0], targets.shape[1]
