@@ -27,6 +27,10 @@ Examples (print ``uptime`` next to the figures)::
     python benchmarks/time_to_quality.py --data DIR/beauty --preset beauty-paper --threads 1 \\
         --eval-every 5 --patience 3 --recipe paper: \\
         --recipe ss64:objective.name=sampled-softmax,train.windows=all,train.batch_size=64,train.eval_every=2
+    # objective.name: auto (README "Objective"): ce vs sampled softmax at a fixed CPU budget, 1 thread
+    python benchmarks/time_to_quality.py --data DIR/games --threads 1 --eval-every 1 --patience 0 \
+        --budget-cpu-s 240 --also --set train.max_len=50 --recipe ce:objective.name=ce \
+        --recipe ss:objective.name=sampled-softmax
 """
 
 from __future__ import annotations
