@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MmseqrecError", "InputError", "MissingExtraError"]
+__all__ = ["InputError", "MissingExtraError", "MmseqrecError"]
 
 
 class MmseqrecError(Exception):

@@ -26,7 +26,7 @@ import polars as pl
 
 from ..errors import InputError
 
-__all__ = ["SequenceData", "DatasetDir", "load_dataset", "INTERACTIONS", "ITEMS", "USERS", "MANIFEST"]
+__all__ = ["INTERACTIONS", "ITEMS", "MANIFEST", "USERS", "DatasetDir", "SequenceData", "load_dataset"]
 
 INTERACTIONS = "interactions.parquet"
 ITEMS = "items.parquet"

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InputError
 from ..fileio import atomic_path, atomic_write_json
 
-__all__ = ["EmbeddingStore", "save_embedding", "load_embedding", "list_embeddings", "embed_dir"]
+__all__ = ["EmbeddingStore", "embed_dir", "list_embeddings", "load_embedding", "save_embedding"]
 
 
 def embed_dir(data_dir: str | Path) -> Path:
