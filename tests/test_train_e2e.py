@@ -246,7 +246,7 @@ def test_defaults_resolve_to_sasrec_with_id_table():
 
     cfg = load_experiment(None, ["train.max_len=30"])
     assert isinstance(cfg.model, SASRecConfig) and isinstance(cfg.item_encoder, IdEmbeddingConfig)
-    assert cfg.model.max_len == 30 and cfg.model.causal and cfg.objective.name == "bce"
+    assert cfg.model.max_len == 30 and cfg.model.causal and cfg.objective.name == "auto"
     assert cfg.eval.protocol == "full" and cfg.eval.ks == [5, 10, 20] and cfg.train.select_metric == "NDCG@10"
 
 
