@@ -38,6 +38,9 @@ def main(out: Path) -> int:
     for row in table.iter_rows(named=True):
         name, p = row["backbone"], row["p_adj_vs_Pop"]
         runs = sorted((out / "runs").glob(f"*/{row['variant']}/{name}/seed*"))
+        if not runs:
+            failures.append(f"{name}: no run directory under {out / 'runs'}")
+            continue
         tops = {g: recommend(runs[0], h, k=5) for g, h in HISTORIES.items()}
         same = [i[0] for i in tops["animation"].items] == [i[0] for i in tops["horror"].items]
         print(f"   {name:<9} {row['mean']:.4f}  {pop_hr:.4f}     {p:.2g}")
