@@ -27,6 +27,10 @@ Examples (print ``uptime`` next to the figures)::
     python benchmarks/time_to_quality.py --data DIR/beauty --preset beauty-paper --threads 1 \\
         --eval-every 5 --patience 3 --recipe paper: \\
         --recipe ss64:objective.name=sampled-softmax,train.windows=all,train.batch_size=64,train.eval_every=2
+    # objective.name: auto (README "Objective"): ce vs sampled softmax at a fixed CPU budget, 1 thread
+    python benchmarks/time_to_quality.py --data DIR/games --threads 1 --eval-every 1 --patience 0 \
+        --budget-cpu-s 240 --also --set train.max_len=50 --recipe ce:objective.name=ce \
+        --recipe ss:objective.name=sampled-softmax
 """
 
 from __future__ import annotations
@@ -84,8 +88,8 @@ def run_recipe(name: str, sets: list[str], args) -> dict:
     every, max_epochs = cfg.train.eval_every, min(args.max_epochs, cfg.train.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.keep) / name if args.keep else Path(tmp) / "run"
-        trainer = Trainer(cfg, run)
-        atomic_write_text(run / CONFIG, dump_config(cfg))
+        trainer = Trainer(cfg, run)  # resolves objective.name: auto (trainer.cfg names the loss that trains)
+        atomic_write_text(run / CONFIG, dump_config(trainer.cfg))
         wall = cpu = train_cpu = extra = 0.0
         best: dict[str, float] = {}
         best_metrics: dict = {}
@@ -140,7 +144,8 @@ def run_recipe(name: str, sets: list[str], args) -> dict:
             test = trainer.finish({"epoch": epochs_run, "best_epoch": best_epoch, "best_valid": best_metrics})["test"]
         else:
             test = _evaluate(trainer, "full", trainer.split.test).metrics
-        return {"recipe": name, "overrides": sets, "epochs": epochs_run, "eval_every": every,
+        return {"recipe": name, "overrides": sets, "objective": trainer.cfg.objective.name,
+                "epochs": epochs_run, "eval_every": every,
                 "clock_s": round(wall, 3), "cpu_s": round(cpu, 3), "train_cpu_s": round(train_cpu, 3),
                 "extra_eval_s": round(extra, 1), "best_epoch": best_epoch, "best_valid": best,
                 "test_NDCG@10": float(test["NDCG@10"]),

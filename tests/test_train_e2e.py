@@ -246,7 +246,7 @@ def test_defaults_resolve_to_sasrec_with_id_table():
 
     cfg = load_experiment(None, ["train.max_len=30"])
     assert isinstance(cfg.model, SASRecConfig) and isinstance(cfg.item_encoder, IdEmbeddingConfig)
-    assert cfg.model.max_len == 30 and cfg.model.causal and cfg.objective.name == "bce"
+    assert cfg.model.max_len == 30 and cfg.model.causal and cfg.objective.name == "auto"
     assert cfg.eval.protocol == "full" and cfg.eval.ks == [5, 10, 20] and cfg.train.select_metric == "NDCG@10"
 
 
@@ -308,10 +308,12 @@ def test_demo_size_model_personalises(tmp_path, model):
     data = write_genre_dataset(tmp_path / "genres")
     grid = load_grid(Path(__file__).resolve().parents[1] / "configs" / "experiments" / "demo-backbones.yaml")
     sets = [f"train.{k}={json.dumps(v)}" for k, v in grid.base["train"].items() if k != "num_threads"]
-    sets += [f"train.epochs={4 if model != 'bert4rec' else 8}", "train.max_len=20", "train.progress=false",
-             "item_encoder.dim=32", f"objective.name={grid.base['objective']['name']}", "model.dropout=0.1"]
-    # the demo's own per-backbone options (e.g. BERT4Rec's mask_prob, GRU4Rec's lr), as the demo trains them
+    # the demo's own per-backbone options (e.g. BERT4Rec's mask_prob and max_len, GRU4Rec's lr), as the demo
+    # trains them; windows of 20 unless the backbone's override sets its own max_len
     over = grid.backbone_overrides.get(model, {})
+    sets += [f"train.epochs={4 if model != 'bert4rec' else 8}", "train.progress=false", "item_encoder.dim=32",
+             f"objective.name={grid.base['objective']['name']}", "model.dropout=0.1"]
+    sets += [] if "max_len" in (over.get("model") or {}) else ["train.max_len=20"]
     sets += [f"{sec}.{k}={json.dumps(v)}" for sec in ("model", "train") for k, v in (over.get(sec) or {}).items()]
     cfg = build_experiment(data=data, model=model, sets=sets, seed=0)
     assert cfg.train.windows != "last"

@@ -11,7 +11,8 @@ A sequence model is three parts, composed, never subclassed per combination:
   ``[B, L, V * d]``; items are scored against the concatenated table ``[N + 1, V * d]`` (LLM-ESR's
   concatenated scoring). A gated sum is an item encoder that returns ``V = 1``.
 * an objective (``bce``, ``sampled-softmax``, ``ce``, ``gbce``, ``ce-chunked``, ``sampled-softmax-logq``; cloze for
-  BERT4Rec), applied by the one :class:`~mmseqrec.models.sequence.SequenceModel`.
+  BERT4Rec; the default ``auto`` is ``ce`` or ``sampled-softmax`` by catalogue size), applied by the one
+  :class:`~mmseqrec.models.sequence.SequenceModel`.
 
 Padding id is 0 everywhere; ``mask`` tensors are ``True`` at real (non-padding) positions.
 """

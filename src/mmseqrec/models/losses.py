@@ -1,5 +1,13 @@
 """Next-item objectives over target positions: ``bce``, ``sampled-softmax``, ``ce``, ``gbce``, ``ce-chunked`` and
-``sampled-softmax-logq``.
+``sampled-softmax-logq``, and ``auto`` (the default), which picks one of them from the catalogue size.
+
+``auto`` (:meth:`ObjectiveConfig.resolve`) is full-softmax ``ce`` for catalogues of at most ``auto_max_items``
+(25,000) items and ``sampled-softmax`` (``n_negatives`` shared uniform negatives, 256 by default) above. ``ce``
+learns the most per epoch; its ``[targets x items]`` logits make an epoch's cost and memory grow with the
+catalogue. By time to quality on one CPU thread ``ce`` beat sampled softmax at 6k and 12k items and was level or
+ahead at 24k (README "Objective", benchmarks/RESULTS.md "Which objective by default"); above that, sampled
+softmax is the cheaper choice. The trainer resolves ``auto`` once, before training, and records the resolved
+name in the run.
 
 All take user states ``h [M, D]``, target ids ``t [M]`` (0 = no target, ignored) and the item matrix
 ``W [n_items + 1, D]`` (row 0 = padding, never a candidate) and return the mean loss over real targets.
@@ -42,8 +50,12 @@ from torch import Tensor
 
 from ..config import Config
 
-__all__ = ["ChunkedCE", "ObjectiveConfig", "chunked_cross_entropy", "gbce_beta", "history_keys",
+__all__ = ["AUTO_MAX_ITEMS", "ChunkedCE", "ObjectiveConfig", "chunked_cross_entropy", "gbce_beta", "history_keys",
            "history_negatives", "logq_from_counts", "next_item_loss"]
+
+#: Largest catalogue that ``objective.name: auto`` trains with full-softmax ``ce`` (measured by time to quality,
+#: benchmarks/RESULTS.md "Which objective by default").
+AUTO_MAX_ITEMS = 25_000
 
 
 class ObjectiveConfig(Config):
@@ -51,7 +63,10 @@ class ObjectiveConfig(Config):
 
     Attributes
     ----------
-    name : ``bce`` | ``sampled-softmax`` | ``ce`` | ``gbce`` | ``ce-chunked`` | ``sampled-softmax-logq``.
+    name : ``auto`` (default) | ``bce`` | ``sampled-softmax`` | ``ce`` | ``gbce`` | ``ce-chunked`` |
+        ``sampled-softmax-logq``. ``auto`` is ``ce`` for at most ``auto_max_items`` items, else
+        ``sampled-softmax`` (:meth:`resolve`); ``bce`` is the SASRec paper's recipe (one negative per position).
+    auto_max_items : largest catalogue that ``auto`` trains with full-softmax ``ce``.
     n_negatives : shared negatives per batch for ``sampled-softmax``, ``sampled-softmax-logq`` and ``gbce``.
     gbce_t : gSASRec calibration ``t`` (0 = plain BCE with N negatives, 1 = fully calibrated).
     positions : ``all`` (every position predicts the next item, the original SASRec objective) or ``last``
@@ -62,7 +77,8 @@ class ObjectiveConfig(Config):
         catalogue draw from all items).
     """
 
-    name: Literal["bce", "sampled-softmax", "ce", "gbce", "ce-chunked", "sampled-softmax-logq"] = "bce"
+    name: Literal["auto", "bce", "sampled-softmax", "ce", "gbce", "ce-chunked", "sampled-softmax-logq"] = "auto"
+    auto_max_items: int = Field(AUTO_MAX_ITEMS, ge=1)
     n_negatives: int = Field(256, ge=1)
     chunk_size: int = Field(65536, ge=1)
     gbce_t: float = Field(0.75, ge=0, le=1)
@@ -72,8 +88,30 @@ class ObjectiveConfig(Config):
     @model_validator(mode="after")
     def _history_needs_bce(self) -> ObjectiveConfig:
         if self.negatives_exclude == "history" and self.name != "bce":
-            raise ValueError("negatives_exclude: history is implemented for the bce objective only")
+            hint = (" (objective.name is auto, which trains with ce or sampled-softmax: set objective.name: bce)"
+                    if self.name == "auto" else "")
+            raise ValueError(f"negatives_exclude: history is implemented for the bce objective only{hint}")
         return self
+
+    def resolve(self, n_items: int) -> ObjectiveConfig:
+        """The objective that trains a catalogue of ``n_items`` items: ``auto`` becomes ``ce`` (at most
+        ``auto_max_items`` items) or ``sampled-softmax``; any other name is returned unchanged."""
+        if self.name != "auto":
+            return self
+        return self.model_copy(update={"name": "ce" if n_items <= self.auto_max_items else "sampled-softmax"})
+
+    def auto_note(self, n_items: int) -> str | None:
+        """One line saying what ``auto`` chooses for ``n_items`` items and why (``None`` for any other name)."""
+        if self.name != "auto":
+            return None
+        chosen = self.resolve(n_items)
+        if chosen.name == "ce":
+            why = (f"{n_items:,} items <= objective.auto_max_items {self.auto_max_items:,}: the full softmax is "
+                   "affordable on this catalogue and learns the most per epoch")
+        else:
+            why = (f"{n_items:,} items > objective.auto_max_items {self.auto_max_items:,}: full-softmax logits "
+                   f"cost too much per step, {chosen.n_negatives} uniform negatives shared by each batch")
+        return f"objective: auto -> {chosen.name} ({why}; set objective.name to choose another)"
 
 
 def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
@@ -183,6 +221,9 @@ def next_item_loss(h: Tensor, targets: Tensor, items: Tensor, cfg: ObjectiveConf
     negatives : optional explicit negatives (``[M]`` for ``bce``, ``[N]`` otherwise), for tests.
     log_q : ``[n_items + 1]`` sampling log-probabilities (:func:`logq_from_counts`); ``sampled-softmax-logq``.
     """
+    if cfg.name == "auto":
+        raise ValueError("objective auto is resolved from the catalogue size before training "
+                         "(ObjectiveConfig.resolve(n_items))")
     n_items = items.shape[0] - 1
     if cfg.name != "bce" and not torch.compiler.is_compiling():
         # Drop padding rows before the [M, n_items] / [M, N] products (most rows on short-sequence data);

@@ -59,7 +59,7 @@ class SequenceModel(nn.Module):
     ----------
     item_encoder : the :class:`ItemEncoder` (must reserve one extra token for a bidirectional backbone).
     backbone : the shared :class:`Backbone`.
-    objective : the next-item objective.
+    objective : the next-item objective (``auto``, the default, is resolved here from the catalogue size).
     regularizers : optional modules adding named loss parts (e.g. LLM-ESR's self-distillation).
     """
 
@@ -68,9 +68,9 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.item_encoder = item_encoder
         self.backbone = backbone
-        self.objective = objective or ObjectiveConfig()
         self.regularizers = nn.ModuleList(regularizers or [])
         self.n_items = int(item_encoder.n_items)
+        self.objective = (objective or ObjectiveConfig()).resolve(self.n_items)
         self.max_len = int(getattr(backbone, "max_len", 200))
         # cloze training + mask-token inference (BERT4Rec); SASRec without its causal mask (LLM-ESR) stays next-item
         self.bidirectional = bool(getattr(backbone, "cloze", not getattr(backbone, "causal", True)))

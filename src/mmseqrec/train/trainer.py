@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..errors import InputError, MmseqrecError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models.baselines import ClosedFormModel
 from ..models.sequence import SequenceModel
-from ..registry import regularizer_spec
+from ..registry import model_spec, regularizer_spec
 from .batching import TrainBatches
 from .checkpoint import (
     load_model,
@@ -61,11 +62,23 @@ from .run import (
 )
 from .schedule import set_lr
 
-__all__ = ["Trainer", "evaluate_model", "make_score_fn", "train"]
+__all__ = ["Trainer", "evaluate_model", "make_score_fn", "resolve_objective", "train"]
 
 # Keys that may change between a run and its resumption.
 _RESUMABLE = {("train", "epochs"), ("train", "patience"), ("train", "progress"), ("train", "device"),
               ("train", "num_threads"), ("train", "compile"), ("data", "path")}
+
+
+def resolve_objective(cfg: ExperimentConfig, n_items: int, *, note: bool = True) -> ExperimentConfig:
+    """``cfg`` with ``objective.name: auto`` resolved for a catalogue of ``n_items`` items (a copy; ``cfg``
+    itself when there is nothing to resolve), so that config.yaml and metrics.json name the loss that trained the
+    run. ``note`` prints one line on stderr saying what ``auto`` chose and why. Closed-form baselines (``pop``,
+    ``itemknn``) train no loss and keep ``auto``."""
+    if cfg.objective.name != "auto" or model_spec(cfg.model.name).closed_form:
+        return cfg
+    if note:
+        print(cfg.objective.auto_note(n_items), file=sys.stderr, flush=True)
+    return cfg.model_copy(update={"objective": cfg.objective.resolve(n_items)})
 
 
 def make_score_fn(model: SequenceModel, device: torch.device):
@@ -160,9 +173,12 @@ class Trainer:
                  overwrite: bool = False, regularizers: list[torch.nn.Module] | None = None) -> None:
         if cfg.data.path is None:
             raise InputError("no dataset directory given", field="data.path")
-        self.cfg, self.run = cfg, Path(run_dir)
+        self.run = Path(run_dir)
         self.resume = resume
         self.dist = setup(cfg.train.device)  # torchrun: a process group; otherwise a single process
+        if cfg.objective.name == "auto":  # config.yaml / metrics.json record the loss that trains the run
+            cfg = resolve_objective(cfg, DatasetDir(cfg.data.path).n_items, note=self.dist.is_main)
+        self.cfg = cfg
         self._check_run_dir(overwrite)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
@@ -386,7 +402,7 @@ class Trainer:
         res = evaluate_model(self.model, self.split.test, self.split, cfg, self.device, popularity=self.popularity,
                              dist_ctx=self.dist)
         metrics = {
-            **res.setting(), "seed": cfg.seed,
+            **res.setting(), "seed": cfg.seed, "objective": cfg.objective.name,
             "n_params": self.n_params, "best_epoch": int(state["best_epoch"]), "epochs_run": int(state["epoch"]),
             "valid": state.get("best_valid", {}), "test": res.metrics,
             "data": {"path": str(self.ds.path), **self.ds.identity},
