@@ -42,7 +42,7 @@ def progress_bar(*fields: str | ProgressColumn, enabled: bool = True, transient:
         TimeRemainingColumn,
     )
 
-    console = Console(stderr=True)
+    console = Console(emoji=False, stderr=True)
     cols = [TextColumn("[bold]{task.description}"), BarColumn(),
             DownloadColumn() if size_in_bytes else MofNCompleteColumn()]
     cols += [TextColumn(f) if isinstance(f, str) else f for f in fields]

@@ -36,7 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err_console = Console(stderr=True)
+err_console = Console(emoji=False, stderr=True)
 
 
 def _version(value: bool) -> None:

@@ -138,8 +138,8 @@ def prepare_cmd(
     ds = prepare(format, paths, out, overwrite=overwrite, config=cfg, reader_options=ropts, notes=notes)
     m = ds.manifest
     for note in notes:
-        Console(stderr=True).print(f"[bold]note:[/] {note}", highlight=False, soft_wrap=True)
-    Console().print(
+        Console(emoji=False, stderr=True).print(f"[bold]note:[/] {note}", highlight=False, soft_wrap=True)
+    Console(emoji=False).print(
         f"wrote {ds.path}: {m['n_users']:,} users, {m['n_items']:,} items, "
         f"{m['n_interactions']:,} interactions",
         highlight=False,
@@ -201,7 +201,7 @@ def info_cmd(path: Annotated[Path, typer.Argument(help="A prepared dataset direc
         table.add_row("input", f"{inp['path']} ({inp.get('bytes', 0):,} B, sha256 {inp['sha256'][:12]})")
     for name, digest in (m.get("outputs") or {}).items():
         table.add_row("output", f"{name} (sha256 {digest[:12]})")
-    Console(width=max(100, Console().width)).print(table)
+    Console(emoji=False, width=max(100, Console(emoji=False).width)).print(table)
 
 
 def register(app: typer.Typer) -> None:

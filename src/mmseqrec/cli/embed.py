@@ -62,7 +62,7 @@ def embed_cmd(
     }, source="command line")
     res = run_embed(data, cfg)
     m = res.meta
-    console = Console()
+    console = Console(emoji=False)
     tok = f", tokens [{m['rows']}, {m['tokens']['max_tokens']}, {m['tokens']['dim']}]" if m.get("tokens") else ""
     console.print(
         f"wrote {res.path} ({m['rows']} x {m['dim']} float16{tok}); encoder {m['encoder']}, "

@@ -102,7 +102,7 @@ def enrich_cmd(
         from rich.console import Console
 
         reasons = "; ".join(res.info["failure_reasons"])
-        Console(stderr=True).print(f"[bold red]error:[/] no generation succeeded ({res.counts['failed']} failed); "
+        Console(emoji=False, stderr=True).print(f"[bold red]error:[/] no generation succeeded ({res.counts['failed']} failed); "
                                    f"first reasons: {reasons}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
@@ -156,7 +156,7 @@ def print_summary(res) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(emoji=False)
     info = res.info
     units, run = info["units"], info["this_run"]
     unit = units["kind"]

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
                 "red" if r["delta"] < 0 and r["p_adj"] < 0.05 else None)
             table.add_row(r["metric"], f"{r['a']:.4f}", f"{r['b']:.4f}", f"{r['delta']:+.4f}",
                           _fmt_p(r["p_wilcoxon"]), _fmt_p(r["p_adj"]), _fmt_p(r["p_ttest"]), style=style)
-        Console(width=120).print(table)
+        Console(emoji=False, width=120).print(table)
 
     @app.command("report")
     def report_cmd(
@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(groups, indent=2))
             return
-        console = Console(width=120)
+        console = Console(emoji=False, width=120)
         for g in groups:
             table = Table(title=f"{g['n_runs']} run(s): {', '.join(g['runs'])} — {g['protocol']}")
             table.add_column("metric")
@@ -162,4 +162,4 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, justify="left" if table_df[col].dtype == pl.Utf8 else "right")
         for row in table_df.iter_rows():
             table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
-        Console(width=120).print(table)
+        Console(emoji=False, width=120).print(table)

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             return
         paths = write_report(grid, out)
-        console = Console()
+        console = Console(emoji=False)
         console.print(Markdown(Path(paths["markdown"]).read_text()))
         console.print(f"\nwrote {paths['markdown']}, {paths['csv']} and {len(paths['plots'])} plot(s)"
                       + (f" in {Path(paths['plots'][0]).parent}" if paths["plots"] else ""))

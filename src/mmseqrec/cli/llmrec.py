@@ -168,7 +168,7 @@ def _print(rec: dict, run: Path) -> None:
         table.add_column(s, justify="right")
     for k in rec["test"]:
         table.add_row(k, *(f"{rec[s][k]:.4f}" if k != "n_cases" else str(rec[s][k]) for s in ("valid", "test")))
-    Console().print(table)
+    Console(emoji=False).print(table)
     inf = rec.get("inference") or {}
     typer.echo(f"{inf.get('forwards_per_user', 0):.1f} forwards and {inf.get('seconds_per_user', 0):.3f} s per user "
                f"({inf.get('device')}); wrote {run / 'metrics.json'}")

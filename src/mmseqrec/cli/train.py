@@ -18,7 +18,7 @@ from ..errors import InputError
 
 __all__ = ["build_experiment", "register"]
 
-console = Console()
+console = Console(emoji=False)
 
 
 def build_experiment(config: Path | None = None, data: Path | None = None, model: str | None = None,

@@ -19,7 +19,7 @@ from .config import GridConfig, check_datasets
 
 __all__ = ["RunRecord", "build_stores", "plan_runs", "protocol_slug", "rescore_run", "run_grid"]
 
-_console = Console(stderr=True, soft_wrap=True)
+_console = Console(emoji=False, stderr=True, soft_wrap=True)
 
 
 def _slug(name: str) -> str:

@@ -117,7 +117,7 @@ def reading(what: str) -> Iterator[None]:
     """A transient rich spinner while a (possibly seconds-long) read runs; silent when not on a terminal."""
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(emoji=False, stderr=True)
     if not console.is_terminal:
         yield
         return
