@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -20,12 +19,6 @@ def test_every_console_is_built_without_emoji_codes():
 def test_runner_console_prints_a_protocol_name_verbatim():
     from mmseqrec.experiment import runner
 
-    buf = io.StringIO()
-    console = runner._console
-    old = console.file
-    console.file = buf
-    try:
-        console.print("seed 43: sampled:100:popularity: test HR@10 0.35", highlight=False)
-    finally:
-        console.file = old
-    assert "sampled:100:popularity" in buf.getvalue()
+    with runner._console.capture() as cap:  # the module's console is left as it was (other tests read stderr)
+        runner._console.print("seed 43: sampled:100:popularity: test HR@10 0.35", highlight=False)
+    assert "sampled:100:popularity" in cap.get()
