@@ -176,14 +176,13 @@ class Trainer:
         self.run = Path(run_dir)
         self.resume = resume
         self.dist = setup(cfg.train.device)  # torchrun: a process group; otherwise a single process
-        if cfg.objective.name == "auto":  # config.yaml / metrics.json record the loss that trains the run
-            cfg = resolve_objective(cfg, DatasetDir(cfg.data.path).n_items, note=self.dist.is_main)
-        self.cfg = cfg
+        self.ds = DatasetDir(cfg.data.path)
+        # `auto` resolved here, so that config.yaml / metrics.json record the loss that trains the run
+        self.cfg = cfg = resolve_objective(cfg, self.ds.n_items, note=self.dist.is_main)
         self._check_run_dir(overwrite)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.device = device_for(self.dist, resolve_device(cfg.train.device))
-        self.ds = DatasetDir(cfg.data.path)
         self.split = leave_one_out(self.ds.sequences, cfg.data.min_len)
         self.popularity = item_popularity(self.split.seqs, self.split.train_end)
         torch.manual_seed(cfg.seed)
