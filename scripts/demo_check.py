@@ -28,12 +28,11 @@ TRAINED = ("sasrec", "bert4rec", "gru4rec")
 
 
 def main(out: Path) -> int:
-    table = pl.read_csv(out / "results.csv").filter(
-        (pl.col("protocol") == "full") & (pl.col("metric") == "HR@10") & pl.col("backbone").is_in(TRAINED))
+    hr10 = pl.read_csv(out / "results.csv").filter((pl.col("protocol") == "full") & (pl.col("metric") == "HR@10"))
+    table = hr10.filter(pl.col("backbone").is_in(TRAINED))
+    pop = hr10.filter(pl.col("backbone") == "pop")
     failures = []
     print("   backbone  HR@10   Pop HR@10  p vs Pop (Holm); then its top-5 for an animation and a horror history")
-    pop = pl.read_csv(out / "results.csv").filter(
-        (pl.col("protocol") == "full") & (pl.col("metric") == "HR@10") & (pl.col("backbone") == "pop"))
     pop_hr = pop["mean"][0] if len(pop) else float("nan")
     for row in table.iter_rows(named=True):
         name, p = row["backbone"], row["p_adj_vs_Pop"]

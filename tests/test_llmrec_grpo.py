@@ -131,3 +131,7 @@ def test_enrich_only_generates_the_listed_items(tmp_path):
     assert df.filter(pl.col("status") == "ok")["item"].to_list() == [2]
     ids.write_text("2\nseven\n")
     assert 2 == run_cli(base)  # a bad line: one clear error
+    ids.write_text("2\n99\n")
+    before = (data / "enrich" / "item-keywords.parquet").read_bytes()
+    assert 2 == run_cli(base)  # an id outside the catalogue: refused, nothing rewritten
+    assert (data / "enrich" / "item-keywords.parquet").read_bytes() == before

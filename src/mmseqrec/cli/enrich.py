@@ -22,8 +22,8 @@ def enrich_cmd(
                                               "vllm) or served model name (openai).")] = None,
     revision: Annotated[str | None, typer.Option(help="Model revision (part of the cache key).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="Only the first N items (or users).")] = None,
-    only: Annotated[Path | None, typer.Option("--only", help="A text file of item (or user) ids, one per line "
-                                              "(e.g. from `llmrec keyword-items`): only these are generated.")]
+    only: Annotated[Path | None, typer.Option("--only", help="A text file of internal item (or user) ids, one per line "
+                                              "(the dataset's `item` / `user` column, as `llmrec keyword-items` writes them): only these are generated.")]
     = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--keep-failed", help="Generate again what failed in "
                                                "an earlier run (default), or serve those failures from the cache.")]

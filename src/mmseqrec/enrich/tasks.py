@@ -564,6 +564,13 @@ def plan_task(ds: DatasetDir, task: str, opt: TaskOptions) -> tuple[list[Job], d
                  "max_history": str(opt.max_history)}
     key = "item" if item_task else "user"
     if opt.only is not None:  # keep every row (aligned to the vocabulary); unlisted ids are skipped
+        unknown = sorted(opt.only - {int(job.row[key]) for job in jobs})
+        if unknown:
+            from ..errors import InputError
+
+            raise InputError(f"--only lists {len(unknown)} {key} id(s) this task does not plan, e.g. {unknown[0]} "
+                             f"(the dataset's internal {key} ids, as `mmseqrec llmrec keyword-items` writes them)",
+                             file=ds.path, field="--only")
         for job in jobs:
             if int(job.row[key]) not in opt.only:
                 job.n_steps, job.skip_reason = 0, "not in --only"
